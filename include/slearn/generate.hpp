@@ -1,0 +1,69 @@
+// Batched generation with continuous batching: up to `batch_size` sequences share one forward per step; a
+// finished sequence's slot is refilled from the queue at once, its prompt prefilled in the same forward as
+// the other sequences' decode steps. Each sequence's result depends only on its own prompt, options and
+// index (sampling uses a per-sequence random stream), never on what it was batched with.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "slearn/backend.hpp"
+
+namespace slearn {
+
+class Model;
+
+struct SamplingOptions {
+  double temperature = 0.0;  // 0 means greedy (argmax, lowest id on ties)
+  std::int64_t top_k = 0;    // 0 disables
+  double top_p = 1.0;        // 1 disables
+  std::uint64_t seed = 0;
+};
+
+// What to do with a prompt that leaves no room for a new token in the model's context.
+enum class LongPromptPolicy {
+  Error,         // stop with an InputError naming the prompt (the default)
+  TruncateLeft,  // keep the last (context - max_new_tokens) tokens, at least one; the count cut is reported
+};
+LongPromptPolicy long_prompt_policy_from_name(std::string_view name);  // "error" | "truncate-left"
+
+struct GenerationOptions {
+  std::int64_t max_new_tokens = 256;
+  SamplingOptions sampling;
+  std::vector<TokenId> stop_ids;  // generation ends after emitting any of these (the stop id is kept)
+  std::int32_t batch_size = 8;
+  LongPromptPolicy long_prompt = LongPromptPolicy::Error;
+};
+
+enum class FinishReason { Stop, Length, Context };
+std::string_view finish_reason_name(FinishReason reason);
+
+struct GenerationResult {
+  std::vector<TokenId> tokens;  // the generated tokens only
+  FinishReason finish = FinishReason::Length;
+  std::int64_t prompt_tokens = 0;     // after truncation
+  std::int64_t truncated_tokens = 0;  // cut from the front of the prompt
+};
+
+struct GenerationProgress {
+  std::size_t finished = 0, total = 0;
+  std::int64_t prompt_tokens = 0, generated_tokens = 0;
+};
+
+// Results come back in prompt order. `on_progress` (optional) is called after every step.
+std::vector<GenerationResult> generate(Model& model, const std::vector<std::vector<TokenId>>& prompts,
+                                       const GenerationOptions& options,
+                                       const std::function<void(const GenerationProgress&)>& on_progress = {});
+
+// The next token from one row of logits. Applies temperature, then top-k, then top-p (as Hugging Face's
+// warpers do), then draws from the softmax with `rng`; greedy when temperature is 0.
+TokenId sample_token(std::span<const float> logits, const SamplingOptions& options, std::mt19937_64& rng);
+
+// The random stream of sequence `index` under `seed`: independent of batch composition.
+std::mt19937_64 sequence_rng(std::uint64_t seed, std::uint64_t index);
+
+}  // namespace slearn

@@ -1,0 +1,76 @@
+// A decoder-only transformer of the Qwen2 / LLaMA family. One forward serves prefill and decode: it runs a
+// packed batch of chunks (each chunk: consecutive tokens of one sequence, starting at some position) and
+// stores their keys and values in the KV cache, so a chunk can be a whole prompt or a single new token.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "slearn/backend.hpp"
+#include "slearn/model_config.hpp"
+#include "slearn/tensor.hpp"
+
+namespace slearn {
+
+struct SequenceChunk {
+  std::int32_t slot = 0;    // the sequence's KV-cache slot
+  std::int32_t start = 0;   // position of the chunk's first token
+  std::int32_t length = 0;  // tokens in the chunk
+};
+
+// Keys and values of every layer for `slots` sequences of up to `capacity` positions each.
+class KVCache {
+ public:
+  std::int32_t slots() const { return slots_; }
+  std::int32_t capacity() const { return capacity_; }
+  Tensor& keys(std::size_t layer) { return keys_.at(layer); }
+  Tensor& values(std::size_t layer) { return values_.at(layer); }
+  std::size_t bytes() const;
+
+ private:
+  friend class Model;
+  std::int32_t slots_ = 0;
+  std::int32_t capacity_ = 0;
+  std::vector<Tensor> keys_, values_;
+};
+
+// Called with each named intermediate tensor of a forward ("embed", "layers.0.attn", ..., "logits").
+using TensorObserver = std::function<void(const Tensor&)>;
+
+class Model {
+ public:
+  // Loads config.json and the safetensors weights of `dir` into `backend`. A missing, unexpected or misshapen
+  // tensor throws InputError naming the file and the tensor.
+  static Model load(const std::filesystem::path& dir, Backend& backend);
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  ~Model();
+
+  const ModelConfig& config() const;
+  Backend& backend() const;
+  std::size_t parameter_count() const;
+
+  KVCache make_cache(std::int32_t slots, std::int32_t capacity);
+
+  enum class Logits { LastOfEachChunk, AllTokens };
+  // `tokens` holds the chunks' tokens concatenated in chunk order. Returns fp32 host logits, one row of
+  // vocab_size per chunk (LastOfEachChunk) or per token (AllTokens).
+  std::vector<float> forward(std::span<const TokenId> tokens, std::span<const SequenceChunk> chunks, KVCache& cache,
+                             Logits which);
+
+  void set_observer(TensorObserver observer);
+
+  struct Weights;
+  struct Workspace;
+
+ private:
+  Model();
+  std::unique_ptr<Weights> weights_;
+  std::unique_ptr<Workspace> workspace_;
+};
+
+}  // namespace slearn

@@ -1,0 +1,87 @@
+// safetensors files: read through mmap and validated as the reference implementation validates them;
+// written for adapters, merged checkpoints and test fixtures.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "slearn/dtype.hpp"
+
+namespace slearn {
+
+struct TensorInfo {
+  std::string name;
+  DType dtype;
+  std::vector<std::int64_t> shape;
+  std::uint64_t begin = 0;  // byte offsets relative to the start of the data section
+  std::uint64_t end = 0;
+
+  std::int64_t numel() const;
+};
+
+// One .safetensors file, mapped read-only. Opening validates: the 8-byte header length is within the file
+// (and below 100 MB), the header is a JSON object, every entry has a known dtype, a shape and offsets, the
+// byte count equals the product of the shape times the dtype size, the offsets of all tensors sorted by begin
+// are contiguous from 0 with no gap or overlap, and the last tensor ends exactly at the end of the file.
+// Every failure throws InputError naming the file (and the tensor when one is at fault).
+class SafetensorsFile {
+ public:
+  static std::shared_ptr<const SafetensorsFile> open(const std::filesystem::path& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const TensorInfo* find(const std::string& name) const;  // nullptr when absent
+  std::span<const std::byte> bytes(const TensorInfo& info) const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+ private:
+  SafetensorsFile() = default;
+  std::filesystem::path path_;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, std::size_t> index_;
+  std::map<std::string, std::string> metadata_;
+  const std::byte* mapping_ = nullptr;
+  std::size_t mapping_size_ = 0;
+  const std::byte* data_ = nullptr;  // start of the data section
+};
+
+// The weights of a model directory: `model.safetensors`, or `model.safetensors.index.json` and its shards
+// (a shard the index names but that is missing is an error naming both files).
+class WeightStore {
+ public:
+  static WeightStore open(const std::filesystem::path& model_dir);
+
+  bool contains(const std::string& name) const;
+  const TensorInfo& info(const std::string& name) const;  // throws InputError naming the tensor when absent
+  std::vector<std::string> names() const;                  // sorted
+  // Copies a tensor into `out` as fp32 after checking its shape equals `expected_shape`; a mismatch throws
+  // InputError naming the file, the tensor, the expected and the actual shape.
+  void read_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape, float* out) const;
+  std::filesystem::path file_of(const std::string& name) const;
+
+ private:
+  std::filesystem::path model_dir_;  // for error messages
+  std::map<std::string, std::shared_ptr<const SafetensorsFile>> owner_;  // tensor name -> file
+};
+
+// A tensor to write: fp32 data converted to `dtype` on the way out (F32, F16 or BF16).
+struct TensorToWrite {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  DType dtype = DType::F32;
+  std::span<const float> values;
+};
+
+// Writes tensors in name order, to a temporary file that is flushed and renamed over `path`.
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace slearn

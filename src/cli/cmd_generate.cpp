@@ -1,0 +1,200 @@
+// slearn_dist generate: batched generation from a Hugging Face model directory; one JSON line per prompt.
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <sstream>
+
+#include "cli/commands.hpp"
+#include "cli/jsonl.hpp"
+#include "slearn/backend.hpp"
+#include "slearn/chat_format.hpp"
+#include "slearn/error.hpp"
+#include "slearn/generate.hpp"
+#include "slearn/model.hpp"
+#include "slearn/threads.hpp"
+#include "slearn/tokenizer.hpp"
+
+namespace slearn::cli {
+namespace {
+
+struct GenerateOptions {
+  std::string model_dir;
+  std::vector<std::string> prompts;
+  std::string prompts_file;
+  std::vector<std::string> prompt_ids;
+  bool chat = false;
+  std::string chat_format;
+  std::string system;
+  std::int64_t max_new_tokens = 256;
+  double temperature = 0.0;
+  double top_p = 1.0;
+  std::int64_t top_k = 0;
+  std::uint64_t seed = 0;
+  std::int32_t batch_size = 8;
+  std::optional<int> threads;
+  std::string backend = "auto";
+  std::string long_prompt = "error";
+  bool ignore_eos = false;
+  bool quiet = false;
+};
+
+std::vector<TokenId> parse_id_list(const std::string& text) {
+  std::vector<TokenId> ids;
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    try {
+      std::size_t used = 0;
+      long value = std::stol(item, &used);
+      if (used != item.size() || value < 0 || value > INT32_MAX) throw std::invalid_argument(item);
+      ids.push_back(static_cast<TokenId>(value));
+    } catch (const std::exception&) {
+      throw InputError("--prompt-ids: \"" + item + "\" is not a token id (expected e.g. 1,2,3)");
+    }
+  }
+  if (ids.empty()) throw InputError("--prompt-ids: no ids given");
+  return ids;
+}
+
+// A prompt as the user gave it: text (encoded with the tokenizer, chat-formatted with --chat) or ids.
+struct PromptInput {
+  std::optional<std::string> text;
+  std::vector<TokenId> ids;
+};
+
+std::vector<PromptInput> collect_prompts(const GenerateOptions& o) {
+  std::vector<PromptInput> inputs;
+  for (const auto& text : o.prompts) inputs.push_back({text, {}});
+  for (const auto& list : o.prompt_ids) inputs.push_back({std::nullopt, parse_id_list(list)});
+  if (!o.prompts_file.empty()) {
+    std::ifstream file(o.prompts_file);
+    if (!file) throw InputError(o.prompts_file + ": cannot open the prompts file");
+    for_each_json_line(file, o.prompts_file, [&](const nlohmann::json& record, std::size_t line) {
+      const std::string where = o.prompts_file + ":" + std::to_string(line) + ": ";
+      if (auto it = record.find("prompt"); it != record.end() && it->is_string()) {
+        inputs.push_back({it->get<std::string>(), {}});
+      } else if (auto ids = record.find("ids"); ids != record.end() && ids->is_array()) {
+        PromptInput input;
+        for (const auto& id : *ids) {
+          if (!id.is_number_integer()) throw InputError(where + "\"ids\" must hold integers");
+          input.ids.push_back(id.get<TokenId>());
+        }
+        inputs.push_back(std::move(input));
+      } else {
+        throw InputError(where + "expected {\"prompt\": \"...\"} or {\"ids\": [...]}");
+      }
+    });
+  }
+  if (inputs.empty()) throw InputError("no prompts: give --prompt, --prompt-ids or --prompts FILE.jsonl");
+  return inputs;
+}
+
+void add_unique(std::vector<TokenId>& ids, std::int64_t id) {
+  if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(static_cast<TokenId>(id));
+}
+
+int run_generate(const GenerateOptions& o) {
+  const ThreadPlan plan = plan_threads(o.threads);
+  apply_thread_plan(plan);
+  const std::filesystem::path dir(o.model_dir);
+  std::optional<Tokenizer> tokenizer;
+  if (std::filesystem::exists(dir / "tokenizer.json")) tokenizer.emplace(Tokenizer::from_dir(dir));
+
+  auto backend = make_backend(o.backend);
+  const auto load_start = std::chrono::steady_clock::now();
+  Model model = Model::load(dir, *backend);
+  const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+
+  std::optional<ChatFormat> format;
+  if (o.chat) {
+    if (!tokenizer) throw InputError(dir.string() + ": --chat needs tokenizer.json in the model directory");
+    format = o.chat_format.empty() ? default_chat_format(model.config().model_type, *tokenizer)
+                                   : chat_format_from_name(o.chat_format);
+  }
+
+  std::vector<std::vector<TokenId>> prompts;
+  for (PromptInput& input : collect_prompts(o)) {
+    if (!input.text) {
+      prompts.push_back(std::move(input.ids));
+      continue;
+    }
+    if (!tokenizer) throw InputError(dir.string() + ": text prompts need tokenizer.json (or use --prompt-ids)");
+    if (format) {
+      std::vector<ChatMessage> messages;
+      if (!o.system.empty()) messages.push_back({"system", o.system});
+      messages.push_back({"user", *input.text});
+      prompts.push_back(tokenizer->encode(render_chat(*format, messages, true)));
+    } else {
+      prompts.push_back(tokenizer->encode(*input.text, true));
+    }
+  }
+
+  GenerationOptions options;
+  options.max_new_tokens = o.max_new_tokens;
+  options.sampling = {o.temperature, o.top_k, o.top_p, o.seed};
+  options.batch_size = o.batch_size;
+  options.long_prompt = long_prompt_policy_from_name(o.long_prompt);
+  if (!o.ignore_eos) {
+    const GenerationDefaults defaults = load_generation_defaults(dir);
+    for (auto id : defaults.eos_token_id) add_unique(options.stop_ids, id);
+    if (defaults.eos_token_id.empty())
+      for (auto id : model.config().eos_token_id) add_unique(options.stop_ids, id);
+    if (format && tokenizer)
+      if (auto end = tokenizer->token_to_id(chat_end_token(*format))) add_unique(options.stop_ids, *end);
+  }
+
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<GenerationResult> results = generate(model, prompts, options);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  std::int64_t generated = 0, prompt_tokens = 0;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const GenerationResult& r = results[i];
+    generated += static_cast<std::int64_t>(r.tokens.size());
+    prompt_tokens += r.prompt_tokens;
+    nlohmann::json line{{"ids", r.tokens}};
+    if (tokenizer) line["text"] = tokenizer->decode(r.tokens, true);
+    std::cout << line.dump() << '\n';
+    if (r.truncated_tokens > 0 && !o.quiet)
+      std::cerr << "slearn_dist: prompt " << i << ": cut " << r.truncated_tokens << " tokens from the front\n";
+  }
+  std::cout.flush();
+  if (!o.quiet)
+    std::cerr << "slearn_dist: " << results.size() << " prompts, " << prompt_tokens << " prompt + " << generated
+              << " generated tokens in " << seconds << " s (" << static_cast<double>(generated) / seconds
+              << " generated tok/s); model loaded in " << load_seconds << " s; backend " << backend->name()
+              << ", " << plan.describe() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+Command add_generate_command(CLI::App& app) {
+  auto o = std::make_shared<GenerateOptions>();
+  CLI::App* sub = app.add_subcommand("generate", "Generate text from a Hugging Face model directory");
+  sub->add_option("--model", o->model_dir, "Model directory (config.json, safetensors, tokenizer.json)")->required();
+  sub->add_option("--prompt", o->prompts, "A prompt text (repeatable)");
+  sub->add_option("--prompts", o->prompts_file, "JSONL file of {\"prompt\": text} or {\"ids\": [...]} records");
+  sub->add_option("--prompt-ids", o->prompt_ids, "A prompt as comma-separated token ids (repeatable)");
+  sub->add_flag("--chat", o->chat, "Wrap each prompt in the model's chat format with the generation prompt");
+  sub->add_option("--chat-format", o->chat_format, "Override the chat format: chatml, llama2 or llama3");
+  sub->add_option("--system", o->system, "System prompt (with --chat)");
+  sub->add_option("--max-new-tokens", o->max_new_tokens, "Most tokens to generate per prompt")->capture_default_str();
+  sub->add_option("--temperature", o->temperature, "Sampling temperature; 0 is greedy")->capture_default_str();
+  sub->add_option("--top-p", o->top_p, "Nucleus sampling threshold")->capture_default_str();
+  sub->add_option("--top-k", o->top_k, "Keep the k most likely tokens; 0 keeps all")->capture_default_str();
+  sub->add_option("--seed", o->seed, "Sampling seed: the same seed gives the same text")->capture_default_str();
+  sub->add_option("--batch-size", o->batch_size, "Sequences decoded together")->capture_default_str();
+  sub->add_option("--threads", o->threads, "CPU threads (default: this rank's share of the cores)");
+  sub->add_option("--backend", o->backend, "cpu, cuda or auto")->capture_default_str();
+  sub->add_option("--long-prompt", o->long_prompt,
+                  "A prompt that fills the context: error, or truncate-left (keep its last tokens)")
+      ->capture_default_str();
+  sub->add_flag("--ignore-eos", o->ignore_eos, "Do not stop at end-of-sequence tokens (benchmarks, tests)");
+  sub->add_flag("--quiet", o->quiet, "No statistics on stderr");
+  return [o]() { return run_generate(*o); };
+}
+
+}  // namespace slearn::cli

@@ -1,0 +1,128 @@
+#include <algorithm>
+#include <deque>
+#include <string>
+
+#include "slearn/error.hpp"
+#include "slearn/generate.hpp"
+#include "slearn/model.hpp"
+
+namespace slearn {
+
+LongPromptPolicy long_prompt_policy_from_name(std::string_view name) {
+  if (name == "error") return LongPromptPolicy::Error;
+  if (name == "truncate-left") return LongPromptPolicy::TruncateLeft;
+  throw InputError("unknown long-prompt policy \"" + std::string(name) + "\" (expected error or truncate-left)");
+}
+
+std::string_view finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Context: return "context";
+  }
+  return "unknown";
+}
+
+namespace {
+
+struct Active {
+  std::size_t index;   // into prompts
+  std::int32_t slot;
+  std::int32_t next_position;  // where the next token goes
+  std::vector<TokenId> pending; // tokens to feed in the next forward (the prompt, then one token at a time)
+  std::mt19937_64 rng;
+};
+
+}  // namespace
+
+std::vector<GenerationResult> generate(Model& model, const std::vector<std::vector<TokenId>>& prompts,
+                                       const GenerationOptions& options,
+                                       const std::function<void(const GenerationProgress&)>& on_progress) {
+  if (options.batch_size <= 0) throw InputError("batch size must be at least 1");
+  if (options.max_new_tokens <= 0) throw InputError("max_new_tokens must be at least 1");
+  const std::int64_t context = model.config().context_length();
+  std::vector<GenerationResult> results(prompts.size());
+  std::vector<std::span<const TokenId>> inputs(prompts.size());
+
+  std::int64_t longest = 0;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    std::span<const TokenId> prompt(prompts[i]);
+    if (prompt.empty()) throw InputError("prompt " + std::to_string(i) + " is empty");
+    if (static_cast<std::int64_t>(prompt.size()) >= context) {
+      if (options.long_prompt == LongPromptPolicy::Error)
+        throw InputError("prompt " + std::to_string(i) + " has " + std::to_string(prompt.size()) +
+                         " tokens, which leaves no room in the model's context of " + std::to_string(context) +
+                         " (use the truncate-left policy to cut it)");
+      const auto keep = static_cast<std::size_t>(std::max<std::int64_t>(1, context - options.max_new_tokens));
+      results[i].truncated_tokens = static_cast<std::int64_t>(prompt.size() - keep);
+      prompt = prompt.subspan(prompt.size() - keep);
+    }
+    inputs[i] = prompt;
+    results[i].prompt_tokens = static_cast<std::int64_t>(prompt.size());
+    longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(prompt.size()));
+  }
+  if (prompts.empty()) return results;
+
+  const auto slots = static_cast<std::int32_t>(std::min<std::size_t>(options.batch_size, prompts.size()));
+  const auto capacity = static_cast<std::int32_t>(std::min(context, longest + options.max_new_tokens));
+  KVCache cache = model.make_cache(slots, capacity);
+
+  std::deque<std::int32_t> free_slots;
+  for (std::int32_t s = 0; s < slots; ++s) free_slots.push_back(s);
+  std::vector<Active> active;
+  std::size_t next = 0;
+  GenerationProgress progress;
+  progress.total = prompts.size();
+
+  std::vector<TokenId> tokens;
+  std::vector<SequenceChunk> chunks;
+  while (next < prompts.size() || !active.empty()) {
+    while (!free_slots.empty() && next < prompts.size()) {
+      Active a{next, free_slots.front(), 0, std::vector<TokenId>(inputs[next].begin(), inputs[next].end()),
+               sequence_rng(options.sampling.seed, next)};
+      progress.prompt_tokens += static_cast<std::int64_t>(a.pending.size());
+      free_slots.pop_front();
+      active.push_back(std::move(a));
+      ++next;
+    }
+    tokens.clear();
+    chunks.clear();
+    for (const Active& a : active) {
+      chunks.push_back({a.slot, a.next_position, static_cast<std::int32_t>(a.pending.size())});
+      tokens.insert(tokens.end(), a.pending.begin(), a.pending.end());
+    }
+    const std::vector<float> logits = model.forward(tokens, chunks, cache, Model::Logits::LastOfEachChunk);
+    const auto vocab = static_cast<std::size_t>(model.config().vocab_size);
+
+    std::vector<Active> still_running;
+    for (std::size_t r = 0; r < active.size(); ++r) {
+      Active& a = active[r];
+      GenerationResult& result = results[a.index];
+      a.next_position += static_cast<std::int32_t>(a.pending.size());
+      const TokenId token = sample_token(std::span(logits).subspan(r * vocab, vocab), options.sampling, a.rng);
+      result.tokens.push_back(token);
+      ++progress.generated_tokens;
+      bool done = true;
+      if (std::find(options.stop_ids.begin(), options.stop_ids.end(), token) != options.stop_ids.end())
+        result.finish = FinishReason::Stop;
+      else if (static_cast<std::int64_t>(result.tokens.size()) >= options.max_new_tokens)
+        result.finish = FinishReason::Length;
+      else if (a.next_position + 1 >= capacity)
+        result.finish = FinishReason::Context;  // the new token took the last position of the context
+      else
+        done = false;
+      if (done) {
+        free_slots.push_back(a.slot);
+        ++progress.finished;
+      } else {
+        a.pending.assign(1, token);
+        still_running.push_back(std::move(a));
+      }
+    }
+    active = std::move(still_running);
+    if (on_progress) on_progress(progress);
+  }
+  return results;
+}
+
+}  // namespace slearn

@@ -1,0 +1,87 @@
+#include "model/weights.hpp"
+
+#include <set>
+#include <string>
+
+#include "slearn/error.hpp"
+
+namespace slearn {
+namespace {
+
+class Loader {
+ public:
+  Loader(const WeightStore& store, Backend& backend) : store_(store), backend_(backend) {}
+
+  Tensor load(const std::string& name, std::vector<std::int64_t> shape) {
+    Tensor host = Tensor::host_f32(shape, name);
+    store_.read_f32(name, shape, host.f32());
+    used_.insert(name);
+    parameters_ += static_cast<std::size_t>(host.numel());
+    return backend_.upload(std::move(host));
+  }
+
+  std::optional<Tensor> load_if(bool wanted, const std::string& name, std::vector<std::int64_t> shape) {
+    if (!wanted) return std::nullopt;
+    return load(name, std::move(shape));
+  }
+
+  // Everything in the checkpoint must have been consumed, except buffers that older exports carry.
+  void refuse_unused(bool tied) const {
+    for (const auto& name : store_.names()) {
+      if (used_.count(name)) continue;
+      if (name.ends_with("rotary_emb.inv_freq")) continue;
+      if (tied && name == "lm_head.weight") continue;  // some exports write the tied head anyway
+      throw InputError(store_.file_of(name).string() + ": unexpected tensor \"" + name +
+                       "\" (not part of this model's architecture)");
+    }
+  }
+
+  std::size_t parameters() const { return parameters_; }
+
+ private:
+  const WeightStore& store_;
+  Backend& backend_;
+  std::set<std::string> used_;
+  std::size_t parameters_ = 0;
+};
+
+}  // namespace
+
+ModelWeights load_model_weights(const WeightStore& store, const ModelConfig& config, Backend& backend) {
+  Loader loader(store, backend);
+  const std::int64_t hidden = config.hidden_size;
+  const std::int64_t q_size = config.num_attention_heads * config.head_dim;
+  const std::int64_t kv_size = config.num_key_value_heads * config.head_dim;
+  const std::int64_t inter = config.intermediate_size;
+  const bool qkv_bias = config.attention_bias;
+  // Qwen2 puts biases on q/k/v only; LLaMA's attention_bias covers o_proj as well.
+  const bool o_bias = config.model_type == "llama" && config.attention_bias;
+
+  ModelWeights w;
+  w.embed_tokens = loader.load("model.embed_tokens.weight", {config.vocab_size, hidden});
+  for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights layer;
+    layer.input_norm = loader.load(p + "input_layernorm.weight", {hidden});
+    layer.q_proj = loader.load(p + "self_attn.q_proj.weight", {q_size, hidden});
+    layer.k_proj = loader.load(p + "self_attn.k_proj.weight", {kv_size, hidden});
+    layer.v_proj = loader.load(p + "self_attn.v_proj.weight", {kv_size, hidden});
+    layer.o_proj = loader.load(p + "self_attn.o_proj.weight", {hidden, q_size});
+    layer.q_bias = loader.load_if(qkv_bias, p + "self_attn.q_proj.bias", {q_size});
+    layer.k_bias = loader.load_if(qkv_bias, p + "self_attn.k_proj.bias", {kv_size});
+    layer.v_bias = loader.load_if(qkv_bias, p + "self_attn.v_proj.bias", {kv_size});
+    layer.o_bias = loader.load_if(o_bias, p + "self_attn.o_proj.bias", {hidden});
+    layer.post_attention_norm = loader.load(p + "post_attention_layernorm.weight", {hidden});
+    layer.gate_proj = loader.load(p + "mlp.gate_proj.weight", {inter, hidden});
+    layer.up_proj = loader.load(p + "mlp.up_proj.weight", {inter, hidden});
+    layer.down_proj = loader.load(p + "mlp.down_proj.weight", {hidden, inter});
+    w.layers.push_back(std::move(layer));
+  }
+  w.final_norm = loader.load("model.norm.weight", {hidden});
+  w.lm_head = config.tie_word_embeddings ? w.embed_tokens : loader.load("lm_head.weight", {config.vocab_size, hidden});
+  loader.refuse_unused(config.tie_word_embeddings);
+  w.parameter_count = loader.parameters();
+  return w;
+}
+
+}  // namespace slearn
