@@ -22,7 +22,7 @@ struct ModelConfig {
   std::int64_t head_dim = 0;             // defaults to hidden_size / num_attention_heads
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
-  std::int64_t max_position_embeddings = 0;
+  std::int64_t max_position_embeddings = 0;  // required: transformers' defaults differ by architecture
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v biases: always true for qwen2, the config flag for llama
   bool mlp_bias = false;        // llama's mlp_bias; an error when true (not supported yet)

@@ -62,6 +62,7 @@ class StreamDecoder {
   bool skip_special_tokens_;
   std::vector<TokenId> ids_;
   std::size_t emitted_ = 0;  // bytes of decode(ids_) already returned
+  bool continued_ = false;   // text was returned before ids_ began, so ids_ decode as a continuation
 };
 
 }  // namespace slearn

@@ -38,7 +38,7 @@ bool optional_bool(const JsonFile& file, const json& obj, std::string_view key, 
 // The "type" of a component object (error when missing or not a string).
 std::string component_type(const JsonFile& file, const json& obj, const std::string& path);
 // `"quoted"` JSON rendering for messages.
-std::string quoted(std::string_view s);
+std::string json_quote(std::string_view s);
 
 struct StringHash {
   using is_transparent = void;

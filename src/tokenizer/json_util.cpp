@@ -6,7 +6,7 @@ namespace slearn::tok {
 
 void fail(const JsonFile& file, const std::string& message) { throw InputError(file.name + ": " + message); }
 
-std::string quoted(std::string_view s) { return json(std::string(s)).dump(); }
+std::string json_quote(std::string_view s) { return json(std::string(s)).dump(); }
 
 const json* find_member(const json& obj, std::string_view key) {
   if (!obj.is_object()) return nullptr;

@@ -62,7 +62,7 @@ void Normalizer::load_step(const json& spec, const JsonFile& file, const std::st
     step.left = optional_bool(file, spec, "strip_left", path + ".strip_left", true);
     step.right = optional_bool(file, spec, "strip_right", path + ".strip_right", true);
   } else {
-    fail(file, path + ".type " + quoted(type) +
+    fail(file, path + ".type " + json_quote(type) +
                    " is not supported (supported: NFC, NFD, NFKC, NFKD, Prepend, Replace, Strip, Sequence)");
   }
   steps_.push_back(std::move(step));

@@ -30,6 +30,32 @@ TEST(CpuKernels, LinearMatchesNaiveWithBias) {
     }
 }
 
+TEST(CpuKernels, LinearSkinnyAndGemmPathsAgreeWithNaive) {
+  // m <= 8 takes the skinny (decode) path, larger m OpenBLAS; n = 13 leaves a ragged tail of weight rows.
+  const std::int64_t n = 13, k = 70;
+  auto w = random_vector(n * k, 20), bias = random_vector(n, 21);
+  for (std::int64_t m : {1, 2, 3, 8, 9, 17}) {
+    auto x = random_vector(m * k, 22 + static_cast<std::uint32_t>(m));
+    std::vector<float> out(m * n);
+    slearn::cpu::linear({x.data(), w.data(), bias.data(), out.data(), m, n, k});
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t j = 0; j < n; ++j) {
+        double expected = bias[j];
+        for (std::int64_t t = 0; t < k; ++t) expected += double(x[i * k + t]) * w[j * k + t];
+        EXPECT_NEAR(out[i * n + j], expected, 1e-4) << "m=" << m << " row " << i << " col " << j;
+      }
+  }
+}
+
+TEST(CpuKernels, LinearSkinnyRowDoesNotDependOnBatch) {
+  const std::int64_t n = 37, k = 129;
+  auto w = random_vector(n * k, 30), x = random_vector(8 * k, 31);
+  std::vector<float> alone(n), batched(8 * n);
+  slearn::cpu::linear({x.data() + 5 * k, w.data(), nullptr, alone.data(), 1, n, k});
+  slearn::cpu::linear({x.data(), w.data(), nullptr, batched.data(), 8, n, k});
+  for (std::int64_t j = 0; j < n; ++j) EXPECT_EQ(alone[j], batched[5 * n + j]) << "column " << j;
+}
+
 TEST(CpuKernels, RmsNormMatchesFormula) {
   const std::int64_t rows = 3, cols = 64;
   auto x = random_vector(rows * cols, 4), w = random_vector(cols, 5);

@@ -403,7 +403,8 @@ TEST(ModelConfig, ConsistencyChecks) {
   EXPECT_CONTAINS(parse_error(with(kQwen2Config, "hidden_size", "0")), "positive");
   EXPECT_CONTAINS(parse_error(with(kQwen2Config, "num_hidden_layers", "-1")), "positive");
   EXPECT_CONTAINS(parse_error(with(kQwen2Config, "rms_norm_eps", "0")), "rms_norm_eps");
-  EXPECT_CONTAINS(parse_error(with(kQwen2Config, "num_attention_heads", "27")), "hidden_size");
+  EXPECT_CONTAINS(parse_error(with(with(kQwen2Config, "num_attention_heads", "27"), "num_key_value_heads", "1")),
+                  "not a multiple of num_attention_heads");
   EXPECT_CONTAINS(parse_error(with(kQwen2Config, "eos_token_id", "-1")), "eos_token_id");
 }
 

@@ -1,0 +1,144 @@
+// CPU inference benchmark at the shape of Qwen2.5-0.5B (random weights, written once as a BF16 checkpoint):
+// prefill tokens/s (a [batch x prompt_len] block, logits for the last position, as generation does) and
+// decode tokens/s (greedy steps through the KV cache). The same method as perf/peer_cpu_model.py, so the two
+// lines compare directly. Prints one JSON line.
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "slearn/backend.hpp"
+#include "slearn/model.hpp"
+#include "slearn/safetensors.hpp"
+#include "slearn/threads.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+// Writes a randomly initialised Qwen2 checkpoint with `layers` layers at the Qwen2.5-0.5B shape.
+void write_random_checkpoint(const fs::path& dir, int layers) {
+  fs::create_directories(dir);
+  const std::int64_t hidden = 896, inter = 4864, heads = 14, kv_heads = 2, head_dim = 64, vocab = 151936;
+  nlohmann::json config{{"model_type", "qwen2"},         {"vocab_size", vocab},        {"hidden_size", hidden},
+                        {"intermediate_size", inter},     {"num_hidden_layers", layers}, {"num_attention_heads", heads},
+                        {"num_key_value_heads", kv_heads}, {"rms_norm_eps", 1e-6},       {"rope_theta", 1000000.0},
+                        {"max_position_embeddings", 32768}, {"tie_word_embeddings", true}, {"hidden_act", "silu"},
+                        {"torch_dtype", "bfloat16"},      {"use_sliding_window", false}};
+  std::ofstream(dir / "config.json") << config.dump(2);
+
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> shapes{{"model.embed_tokens.weight", {vocab, hidden}},
+                                                                        {"model.norm.weight", {hidden}}};
+  for (int l = 0; l < layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    shapes.push_back({p + "input_layernorm.weight", {hidden}});
+    shapes.push_back({p + "post_attention_layernorm.weight", {hidden}});
+    shapes.push_back({p + "self_attn.q_proj.weight", {heads * head_dim, hidden}});
+    shapes.push_back({p + "self_attn.q_proj.bias", {heads * head_dim}});
+    shapes.push_back({p + "self_attn.k_proj.weight", {kv_heads * head_dim, hidden}});
+    shapes.push_back({p + "self_attn.k_proj.bias", {kv_heads * head_dim}});
+    shapes.push_back({p + "self_attn.v_proj.weight", {kv_heads * head_dim, hidden}});
+    shapes.push_back({p + "self_attn.v_proj.bias", {kv_heads * head_dim}});
+    shapes.push_back({p + "self_attn.o_proj.weight", {hidden, heads * head_dim}});
+    shapes.push_back({p + "mlp.gate_proj.weight", {inter, hidden}});
+    shapes.push_back({p + "mlp.up_proj.weight", {inter, hidden}});
+    shapes.push_back({p + "mlp.down_proj.weight", {hidden, inter}});
+  }
+  std::mt19937 rng(0);
+  std::uniform_real_distribution<float> dist(-0.035f, 0.035f);
+  std::vector<std::vector<float>> storage;
+  std::vector<slearn::TensorToWrite> tensors;
+  for (auto& [name, shape] : shapes) {
+    std::int64_t count = 1;
+    for (auto e : shape) count *= e;
+    std::vector<float> values(static_cast<std::size_t>(count));
+    const bool norm = name.find("norm") != std::string::npos;
+    for (auto& v : values) v = norm ? 1.0f : dist(rng);
+    storage.push_back(std::move(values));
+    tensors.push_back({name, shape, slearn::DType::BF16, storage.back()});
+  }
+  slearn::write_safetensors(dir / "model.safetensors", tensors);
+}
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"CPU prefill/decode benchmark at the Qwen2.5-0.5B shape"};
+  int layers = 24, batch = 1, prompt_len = 128, new_tokens = 32, repeat = 3;
+  std::optional<int> threads;
+  std::string workdir = (fs::temp_directory_path() / "slearn-bench-qwen2.5-0.5b").string();
+  app.add_option("--layers", layers)->capture_default_str();
+  app.add_option("--batch", batch)->capture_default_str();
+  app.add_option("--prompt-len", prompt_len)->capture_default_str();
+  app.add_option("--new-tokens", new_tokens)->capture_default_str();
+  app.add_option("--repeat", repeat, "timed prefill passes; the best is reported")->capture_default_str();
+  app.add_option("--threads", threads, "default: this process's share of the cores");
+  app.add_option("--workdir", workdir, "where the random checkpoint is written (reused when present)")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    const slearn::ThreadPlan plan = slearn::plan_threads(threads);
+    slearn::apply_thread_plan(plan);
+    const fs::path dir = fs::path(workdir) / ("layers-" + std::to_string(layers));
+    if (!fs::exists(dir / "model.safetensors")) write_random_checkpoint(dir, layers);
+    auto backend = slearn::make_cpu_backend();
+    slearn::Model model = slearn::Model::load(dir, *backend);
+
+    std::mt19937 rng(1);
+    std::uniform_int_distribution<slearn::TokenId> token(0, 151935);
+    std::vector<slearn::TokenId> prompt_ids(static_cast<std::size_t>(batch * prompt_len));
+    for (auto& id : prompt_ids) id = token(rng);
+    std::vector<slearn::SequenceChunk> prefill_chunks;
+    for (int b = 0; b < batch; ++b) prefill_chunks.push_back({b, 0, prompt_len});
+    slearn::KVCache cache = model.make_cache(batch, prompt_len + new_tokens);
+
+    double prefill_best = 1e30;
+    std::vector<float> logits;
+    for (int r = 0; r < repeat + 1; ++r) {  // the first pass warms up
+      const auto start = Clock::now();
+      logits = model.forward(prompt_ids, prefill_chunks, cache, slearn::Model::Logits::LastOfEachChunk);
+      if (r > 0) prefill_best = std::min(prefill_best, seconds_since(start));
+    }
+
+    const auto vocab = static_cast<std::size_t>(model.config().vocab_size);
+    std::vector<slearn::TokenId> next(static_cast<std::size_t>(batch));
+    std::vector<slearn::SequenceChunk> decode_chunks(static_cast<std::size_t>(batch));
+    const auto decode_start = Clock::now();
+    for (int step = 0; step < new_tokens; ++step) {
+      for (int b = 0; b < batch; ++b) {
+        auto row = logits.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(b) * vocab);
+        next[static_cast<std::size_t>(b)] = static_cast<slearn::TokenId>(std::max_element(row, row + static_cast<std::ptrdiff_t>(vocab)) - row);
+        decode_chunks[static_cast<std::size_t>(b)] = {b, prompt_len + step, 1};
+      }
+      logits = model.forward(next, decode_chunks, cache, slearn::Model::Logits::LastOfEachChunk);
+    }
+    const double decode_seconds = seconds_since(decode_start);
+
+    nlohmann::json line{{"impl", "slearn-cpu"},
+                        {"threads", plan.threads},
+                        {"layers", layers},
+                        {"batch", batch},
+                        {"prompt_len", prompt_len},
+                        {"new_tokens", new_tokens},
+                        {"prefill_s", prefill_best},
+                        {"decode_s", decode_seconds},
+                        {"prefill_tok_s", batch * prompt_len / prefill_best},
+                        {"decode_tok_s", batch * new_tokens / decode_seconds},
+                        {"parameters", model.parameter_count()}};
+    std::cout << line.dump() << std::endl;
+  } catch (const std::exception& e) {
+    std::cerr << "bench_cpu_model: " << e.what() << std::endl;
+    return 1;
+  }
+  return 0;
+}
