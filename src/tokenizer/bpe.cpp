@@ -16,33 +16,12 @@ std::uint64_t pair_key(TokenId a, TokenId b) {
   return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) | static_cast<std::uint32_t>(b);
 }
 
-std::uint64_t hash_bytes(std::string_view s) {
-  std::uint64_t h = 0x9E3779B97F4A7C15ull ^ s.size();
-  std::size_t i = 0;
-  for (; i + 8 <= s.size(); i += 8) {
-    std::uint64_t w;
-    std::memcpy(&w, s.data() + i, 8);
-    h = (h ^ w) * 0xFF51AFD7ED558CCDull;
-    h ^= h >> 32;
-  }
-  if (i < s.size()) {
-    std::uint64_t w = 0;
-    std::memcpy(&w, s.data() + i, s.size() - i);
-    h = (h ^ w) * 0xFF51AFD7ED558CCDull;
-    h ^= h >> 32;
-  }
-  h ^= h >> 29;
-  h *= 0xC4CEB9FE1A85EC53ull;
-  h ^= h >> 32;
-  return h | 1;  // 0 marks an empty cache slot
-}
-
 // Encoded pre-tokens, at most kMaxEntries, in flat storage: no allocation once warm. When full it
 // starts over, so the cache follows the text.
 class WordCache {
  public:
-  static constexpr std::size_t kSlots = 16384;
-  static constexpr std::size_t kMaxEntries = 10000;
+  static constexpr std::size_t kSlots = 65536;
+  static constexpr std::size_t kMaxEntries = 40000;
   static constexpr std::size_t kMaxKey = 255;  // longer pre-tokens are not cached
 
   WordCache() : slots_(kSlots) {}
@@ -125,7 +104,7 @@ struct BpeModel::PairTable {
 
   explicit PairTable(std::size_t n) {
     std::size_t capacity = 16;
-    while (capacity < n * 2) capacity *= 2;
+    while (capacity < n + n / 2) capacity *= 2;  // load factor at most 2/3
     slots.resize(capacity);
     shift = 64;
     for (std::size_t c = capacity; c > 1; c >>= 1) --shift;
@@ -139,6 +118,7 @@ struct BpeModel::PairTable {
     while (slots[i].key != kEmpty && slots[i].key != key) i = (i + 1) & mask;
     slots[i] = Entry{key, rank, id};
   }
+  void prefetch(TokenId a, TokenId b) const { __builtin_prefetch(&slots[index(pair_key(a, b))]); }
   const Entry* find(TokenId a, TokenId b) const {
     const std::uint64_t key = pair_key(a, b);
     const std::size_t mask = slots.size() - 1;
@@ -206,12 +186,12 @@ void BpeModel::load(const json& model, const JsonFile& file, bool byte_level) {
     if (!it.value().is_number_integer() || it.value().get<std::int64_t>() < 0 ||
         it.value().get<std::int64_t>() > INT32_MAX)
       fail(file, "model.vocab[" + json_quote(it.key()) + "] must be a non-negative integer id");
-    vocab_[it.key()] = static_cast<TokenId>(it.value().get<std::int64_t>());
+    vocab_.set(it.key(), static_cast<TokenId>(it.value().get<std::int64_t>()));
   }
   auto lookup = [&](const std::string& token, const std::string& where) {
-    const auto found = vocab_.find(token);
-    if (found == vocab_.end()) fail(file, where + ": token " + json_quote(token) + " is not in model.vocab");
-    return found->second;
+    const TokenId* found = vocab_.get(token);
+    if (!found) fail(file, where + ": token " + json_quote(token) + " is not in model.vocab");
+    return *found;
   };
 
   prefix_ = optional_string(file, model, "continuing_subword_prefix", "model.continuing_subword_prefix", "");
@@ -258,10 +238,10 @@ void BpeModel::load(const json& model, const JsonFile& file, bool byte_level) {
     for (int b = 0; b < 256; ++b) {
       std::string ch;
       append_utf8(ch, byte_to_char(static_cast<unsigned char>(b)));
-      if (const auto it = vocab_.find(ch); it != vocab_.end()) byte_ids_[static_cast<std::size_t>(b)] = it->second;
+      if (const TokenId* id = vocab_.get(ch)) byte_ids_[static_cast<std::size_t>(b)] = *id;
     }
     if (ignore_merges_) {
-      for (const auto& [token, id] : vocab_) {
+      vocab_.for_each([&](std::string_view token, TokenId id) {
         std::string raw;
         bool mappable = true;
         for (std::size_t i = 0; i < token.size() && mappable;) {
@@ -269,16 +249,15 @@ void BpeModel::load(const json& model, const JsonFile& file, bool byte_level) {
           if (byte < 0) mappable = false;
           else raw.push_back(static_cast<char>(byte));
         }
-        if (mappable) raw_vocab_.emplace(std::move(raw), id);
-      }
+        if (mappable) raw_vocab_.set(raw, id);
+      });
     }
   }
   if (byte_fallback_) {
     for (int b = 0; b < 256; ++b) {
       char name[8];
       std::snprintf(name, sizeof name, "<0x%02X>", b);
-      if (const auto it = vocab_.find(std::string_view(name)); it != vocab_.end())
-        fallback_ids_[static_cast<std::size_t>(b)] = it->second;
+      if (const TokenId* id = vocab_.get(name)) fallback_ids_[static_cast<std::size_t>(b)] = *id;
     }
   }
   serial_ = next_serial.fetch_add(1);
@@ -312,8 +291,8 @@ void BpeModel::compute(std::string_view word, std::vector<TokenId>& out) const {
   }
   if (ignore_merges_) {
     const StringMap& map = fast_bytes_ ? raw_vocab_ : vocab_;
-    if (const auto it = map.find(units); it != map.end()) {
-      out.push_back(it->second);
+    if (const TokenId* id = map.get(units)) {
+      out.push_back(*id);
       return;
     }
   }
@@ -370,7 +349,7 @@ void BpeModel::initial_symbols(std::string_view word, std::vector<TokenId>& syms
         if (add_suffix) key.append(suffix_);
         unit = key;
       }
-      if (const auto it = vocab_.find(unit); it != vocab_.end()) add_known(it->second);
+      if (const TokenId* id = vocab_.get(unit)) add_known(*id);
       else add_unknown(unit);
     }
   }
@@ -392,16 +371,21 @@ void BpeModel::merge(std::vector<TokenId>& syms, Scratch& scratch) const {
       ranks[i] = e ? e->rank : INT32_MAX;
       merged[i] = e ? e->id : -1;
     };
+    // The table is large: start every first lookup's memory access before waiting on any.
+    for (std::size_t i = 0; i + 1 < n; ++i) table.prefetch(syms[i], syms[i + 1]);
     for (std::size_t i = 0; i + 1 < n; ++i) rate(i);
     while (!ranks.empty()) {
-      std::size_t best = 0;
-      for (std::size_t i = 1; i < ranks.size(); ++i)
-        if (ranks[i] < ranks[best]) best = i;
-      if (ranks[best] == INT32_MAX) break;
+      // The minimum first, then its first position: two simple loops the compiler vectorizes.
+      std::int32_t lowest = INT32_MAX;
+      for (const std::int32_t r : ranks) lowest = std::min(lowest, r);
+      if (lowest == INT32_MAX) break;
+      const auto best = static_cast<std::size_t>(std::find(ranks.begin(), ranks.end(), lowest) - ranks.begin());
       syms[best] = merged[best];
       syms.erase(syms.begin() + static_cast<std::ptrdiff_t>(best) + 1);
       ranks.erase(ranks.begin() + static_cast<std::ptrdiff_t>(best));
       merged.erase(merged.begin() + static_cast<std::ptrdiff_t>(best));
+      if (best > 0) table.prefetch(syms[best - 1], syms[best]);
+      if (best < ranks.size()) table.prefetch(syms[best], syms[best + 1]);
       if (best > 0) rate(best - 1);
       if (best < ranks.size()) rate(best);
     }
@@ -429,6 +413,7 @@ void BpeModel::merge(std::vector<TokenId>& syms, Scratch& scratch) const {
   };
   for (std::size_t i = 0; i < n; ++i)
     nodes[i] = {syms[i], static_cast<std::int32_t>(i) - 1, i + 1 < n ? static_cast<std::int32_t>(i + 1) : -1};
+  for (std::size_t i = 0; i + 1 < n; ++i) table.prefetch(syms[i], syms[i + 1]);
   for (std::size_t i = 0; i + 1 < n; ++i) consider(static_cast<std::int32_t>(i));
   while (!heap.empty()) {
     std::pop_heap(heap.begin(), heap.end(), later);

@@ -11,11 +11,11 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "slearn/tokenizer.hpp"
 #include "tokenizer/regex.hpp"
+#include "tokenizer/string_map.hpp"
 
 namespace slearn::tok {
 
@@ -40,11 +40,6 @@ std::string component_type(const JsonFile& file, const json& obj, const std::str
 // `"quoted"` JSON rendering for messages.
 std::string json_quote(std::string_view s);
 
-struct StringHash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view s) const noexcept;
-};
-using StringMap = std::unordered_map<std::string, TokenId, StringHash, std::equal_to<>>;
 
 // ---- normalizer ----
 

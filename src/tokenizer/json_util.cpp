@@ -46,6 +46,4 @@ std::string component_type(const JsonFile& file, const json& obj, const std::str
   return require_string(file, obj, "type", path + ".type");
 }
 
-std::size_t StringHash::operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-
 }  // namespace slearn::tok

@@ -168,8 +168,8 @@ std::string Tokenizer::decode(std::span<const TokenId> ids, bool skip_special_to
 // ---- vocabulary ----
 
 std::optional<TokenId> Tokenizer::token_to_id(std::string_view token) const {
-  if (const auto it = impl_->added_ids.find(token); it != impl_->added_ids.end()) return it->second;
-  if (const auto it = impl_->model.vocab().find(token); it != impl_->model.vocab().end()) return it->second;
+  if (const TokenId* id = impl_->added_ids.get(token)) return *id;
+  if (const TokenId* id = impl_->model.vocab().get(token)) return *id;
   return std::nullopt;
 }
 

@@ -118,28 +118,33 @@ void Tokenizer::Impl::load_post_processor(const json& spec, const JsonFile& file
 }
 
 void Tokenizer::Impl::build_tables() {
+  // As in the reference, an added token the model's vocabulary already has keeps the model's id.
+  for (tok::AddedToken& t : added)
+    if (const TokenId* id = model.vocab().get(t.content)) t.id = *id;
   TokenId max_id = -1;
-  for (const auto& [text, id] : model.vocab()) max_id = std::max(max_id, id);
+  model.vocab().for_each([&](std::string_view, TokenId id) { max_id = std::max(max_id, id); });
   for (const tok::AddedToken& t : added) max_id = std::max(max_id, t.id);
   const auto size = static_cast<std::size_t>(max_id + 1);
   tokens.assign(size, std::string());
   flags.assign(size, 0);
-  for (const auto& [text, id] : model.vocab()) {
+  model.vocab().for_each([&](std::string_view text, TokenId id) {
     tokens[static_cast<std::size_t>(id)] = text;
     flags[static_cast<std::size_t>(id)] = kHasToken;
-  }
+  });
   std::vector<std::string> raw_patterns, normalized_patterns;
   std::vector<int> raw_which, normalized_which;
   for (std::size_t i = 0; i < added.size(); ++i) {
     const tok::AddedToken& t = added[i];
     tokens[static_cast<std::size_t>(t.id)] = t.content;
     flags[static_cast<std::size_t>(t.id)] = static_cast<std::uint8_t>(kHasToken | (t.special ? kSpecial : 0));
-    added_ids[t.content] = t.id;
+    added_ids.set(t.content, t.id);
     if (t.normalized) {
-      // Matched against normalized text, so it is normalized too (as the reference does).
+      // Matched against normalized text, so it is normalized too; the reference also decodes it
+      // (and reports it from id_to_token) in its normalized form.
       std::string storage;
       normalized_patterns.emplace_back(normalizer.apply(t.content, storage));
       normalized_which.push_back(static_cast<int>(i));
+      tokens[static_cast<std::size_t>(t.id)] = normalized_patterns.back();
     } else {
       raw_patterns.push_back(t.content);
       raw_which.push_back(static_cast<int>(i));
@@ -175,8 +180,8 @@ void Tokenizer::Impl::load_config(const std::string& config_json) {
     } else {
       fail(file, std::string(key) + " must be a string, {\"content\": ...} or null");
     }
-    if (const auto it = added_ids.find(content); it != added_ids.end()) return it->second;
-    if (const auto it = model.vocab().find(content); it != model.vocab().end()) return it->second;
+    if (const TokenId* id = added_ids.get(content)) return *id;
+    if (const TokenId* id = model.vocab().get(content)) return *id;
     fail(file, std::string(key) + " " + json_quote(content) + " is not a token of " + tokenizer_file);
   };
   bos = special("bos_token");
