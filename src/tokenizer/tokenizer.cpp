@@ -1,5 +1,16 @@
 // Tokenizer: loading entry points, encoding (added tokens -> normalizer -> pre-tokenizer -> BPE ->
 // post-processor), decoding, and streamed decoding.
+//
+// Behaviour follows Hugging Face `tokenizers` (checked against 0.23), including these details:
+//  - added tokens with normalized=false are matched in the raw text; those with normalized=true are
+//    matched in each normalized segment against their normalized content, and (as the reference does)
+//    id_to_token/decode give that normalized content. An added token whose content is already in the
+//    model's vocabulary takes the vocabulary's id.
+//  - encode() of text that is not valid UTF-8 first replaces invalid bytes by U+FFFD (the reference
+//    only accepts valid strings); decode() skips ids that have no token.
+//  - StreamDecoder output equals decode() whenever the ids' bytes form valid UTF-8. For invalid byte
+//    runs of SentencePiece byte-fallback tokens, the reference turns the whole run into one U+FFFD per
+//    byte, which a stream cannot know in advance; the stream replaces each invalid sequence instead.
 #include <algorithm>
 #include <fstream>
 #include <sstream>
