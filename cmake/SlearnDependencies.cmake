@@ -7,6 +7,7 @@ find_package(HDF5 REQUIRED COMPONENTS C CXX)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
+pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 
 # OpenBLAS: prefer the OpenMP build so BLAS and our own loops share one thread pool
 # instead of two pools spinning against each other.

@@ -8,6 +8,7 @@ SLEARN_PACKAGES=(
   build-essential cmake pkg-config git
   libopenmpi-dev openmpi-bin        # MPI: processes, sharding, small collectives
   libhdf5-dev                       # checkpoints
+  libxxhash-dev                     # fingerprints of models, data and run configs
   libyaml-cpp-dev                   # configs
   nlohmann-json3-dev                # JSON, JSONL, config.json, tokenizer.json
   libopenblas-openmp-dev            # CPU GEMMs (OpenMP build: one thread pool with ours)
