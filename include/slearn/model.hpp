@@ -16,6 +16,9 @@
 
 namespace slearn {
 
+struct ModelWeights;  // src/model/weights.hpp
+class LoraAdapter;
+
 struct SequenceChunk {
   std::int32_t slot = 0;    // the sequence's KV-cache slot
   std::int32_t start = 0;   // position of the chunk's first token
@@ -63,6 +66,14 @@ class Model {
                              Logits which);
 
   void set_observer(TensorObserver observer);
+  // Applies `adapter` (or none) in every later forward: y = W x + scaling * B A x on its projections.
+  void set_adapter(const LoraAdapter* adapter);
+  const LoraAdapter* adapter() const;
+
+  // For the trainer, which runs its own forward and backward over the same weights and tables.
+  const ModelWeights& weights() const;
+  // The RoPE cos/sin tables [positions, head_dim / 2], grown to cover at least `positions`.
+  std::pair<const Tensor*, const Tensor*> rope_tables(std::int64_t positions);
 
   struct Weights;
   struct Workspace;

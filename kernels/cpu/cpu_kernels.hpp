@@ -84,4 +84,9 @@ void swiglu(const SwigluParams& p);
 // x += y, elementwise.
 void add_inplace(float* x, const float* y, std::int64_t count);
 
+// out[i] = x[i] / (1 - p) when uniform(hash(key, i)) >= p, else 0: a mask that needs no storage.
+void dropout(const float* x, float* out, std::int64_t count, float p, std::uint64_t key);
+// The uniform [0, 1) draw behind dropout's element i.
+float dropout_uniform(std::uint64_t key, std::uint64_t index);
+
 }  // namespace slearn::cpu

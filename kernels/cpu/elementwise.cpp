@@ -77,3 +77,23 @@ void add_inplace(float* x, const float* y, std::int64_t count) {
 }
 
 }  // namespace slearn::cpu
+
+namespace slearn::cpu {
+
+float dropout_uniform(std::uint64_t key, std::uint64_t index) {
+  // splitmix64 of (key, index): counter-based, so any element's draw is computed directly.
+  std::uint64_t z = key + 0x9e3779b97f4a7c15ull * (index + 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return static_cast<float>(z >> 40) * 0x1.0p-24f;
+}
+
+void dropout(const float* x, float* out, std::int64_t count, float p, std::uint64_t key) {
+  const float keep_scale = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static) if (count > kParallelThreshold)
+  for (std::int64_t i = 0; i < count; ++i)
+    out[i] = dropout_uniform(key, static_cast<std::uint64_t>(i)) >= p ? x[i] * keep_scale : 0.0f;
+}
+
+}  // namespace slearn::cpu

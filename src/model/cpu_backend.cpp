@@ -1,7 +1,10 @@
 // The CPU backend: checks shapes, then hands raw pointers to the kernels in kernels/cpu.
 #include <cstring>
 
+#include <cblas.h>
+
 #include "cpu/cpu_kernels.hpp"
+#include "cpu/cpu_train_kernels.hpp"
 #include "slearn/backend.hpp"
 #include "slearn/error.hpp"
 
@@ -92,6 +95,84 @@ class CpuBackend final : public Backend {
       std::memcpy(out.f32() + static_cast<std::int64_t>(i) * width, x.f32() + rows[i] * width,
                   static_cast<std::size_t>(width) * sizeof(float));
     }
+  }
+
+  void matmul(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, float alpha, float beta,
+              Tensor& c) override {
+    const std::int64_t a_rows = rows_of(a), a_cols = row_size(a), b_rows = rows_of(b), b_cols = row_size(b);
+    const std::int64_t m = transpose_a ? a_cols : a_rows, k = transpose_a ? a_rows : a_cols;
+    const std::int64_t k_b = transpose_b ? b_cols : b_rows, n = transpose_b ? b_rows : b_cols;
+    expect(k == k_b, a, "matmul inner sizes differ from " + b.name() + " " + b.shape_string());
+    expect(rows_of(c) == m && row_size(c) == n, c, "matmul output must be [" + std::to_string(m) + ", " +
+                                                       std::to_string(n) + "]");
+    if (m == 0 || n == 0) return;
+    cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans,
+                static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a.f32(),
+                static_cast<blasint>(a_cols), b.f32(), static_cast<blasint>(b_cols), beta, c.f32(),
+                static_cast<blasint>(n));
+  }
+
+  void scale(Tensor& x, float factor) override {
+    float* data = x.f32();
+    const std::int64_t count = x.numel();
+#pragma omp parallel for simd if (count > (1 << 15))
+    for (std::int64_t i = 0; i < count; ++i) data[i] *= factor;
+  }
+
+  void dropout(const Tensor& x, float p, std::uint64_t key, Tensor& out) override {
+    expect(out.numel() == x.numel(), out, "dropout output must match its input");
+    cpu::dropout(x.f32(), out.f32(), x.numel(), p, key);
+  }
+
+  void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, float eps, Tensor& dx) override {
+    expect(dy.numel() == x.numel() && dx.numel() == x.numel() && row_size(x) == weight.numel(), x,
+           "rms_norm_backward operands differ");
+    cpu::rms_norm_backward({x.f32(), weight.f32(), dy.f32(), dx.f32(), rows_of(x), row_size(x), eps});
+  }
+
+  void rope_backward(Tensor& grad, std::span<const std::int32_t> positions, const Tensor& cos,
+                     const Tensor& sin) override {
+    expect(grad.rank() == 3 && grad.dim(0) == static_cast<std::int64_t>(positions.size()), grad,
+           "rope_backward input must be [tokens, heads, head_dim]");
+    cpu::rope_backward({grad.f32(), positions.data(), cos.f32(), sin.f32(), grad.dim(0), grad.dim(1), grad.dim(2),
+                        cos.dim(0)});
+  }
+
+  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate, Tensor& dup) override {
+    expect(gate.numel() == up.numel() && dout.numel() == gate.numel() && dgate.numel() == gate.numel() &&
+               dup.numel() == gate.numel(),
+           gate, "swiglu_backward operands differ in size");
+    cpu::swiglu_backward({gate.f32(), up.f32(), dout.f32(), dgate.f32(), dup.f32(), gate.numel()});
+  }
+
+  void attention_train(const Tensor& q, const Tensor& k, const Tensor& v, std::span<const std::int64_t> seq_starts,
+                       float scale_factor, Tensor& out, Tensor& lse) override {
+    expect(q.rank() == 3 && k.rank() == 3 && q.dim(2) == k.dim(2) && q.dim(1) % k.dim(1) == 0, q,
+           "attention_train: query and key heads do not match");
+    cpu::attention_forward_train({q.f32(), k.f32(), v.f32(), out.f32(), lse.f32(), seq_starts.data(),
+                                  static_cast<std::int64_t>(seq_starts.size()) - 1, q.dim(0), q.dim(1), k.dim(1),
+                                  q.dim(2), scale_factor});
+  }
+
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                          const Tensor& dout, std::span<const std::int64_t> seq_starts, float scale_factor,
+                          Tensor& dq, Tensor& dk, Tensor& dv) override {
+    expect(dq.numel() == q.numel() && dk.numel() == k.numel() && dv.numel() == v.numel(), dq,
+           "attention_backward gradients must match their inputs");
+    cpu::attention_backward({q.f32(), k.f32(), v.f32(), out.f32(), lse.f32(), dout.f32(), dq.f32(), dk.f32(),
+                             dv.f32(), seq_starts.data(), static_cast<std::int64_t>(seq_starts.size()) - 1, q.dim(0),
+                             q.dim(1), k.dim(1), q.dim(2), scale_factor});
+  }
+
+  CrossEntropyResult cross_entropy(const Tensor& hidden, const Tensor& lm_head, std::span<const std::int32_t> targets,
+                                   float grad_scale, Tensor* dhidden) override {
+    expect(rows_of(hidden) == static_cast<std::int64_t>(targets.size()) && row_size(hidden) == lm_head.dim(1),
+           hidden, "cross_entropy: hidden rows must match the targets and the head's width");
+    cpu::CrossEntropyParams params{hidden.f32(), lm_head.f32(), targets.data(), dhidden ? dhidden->f32() : nullptr,
+                                   rows_of(hidden), row_size(hidden), lm_head.dim(0)};
+    params.grad_scale = grad_scale;
+    cpu::cross_entropy(params);
+    return {params.loss_sum, params.counted};
   }
 };
 

@@ -10,6 +10,7 @@
 #include "model/rope_table.hpp"
 #include "model/weights.hpp"
 #include "slearn/error.hpp"
+#include "slearn/lora.hpp"
 
 namespace slearn {
 
@@ -21,6 +22,7 @@ struct Model::Weights {
   Tensor rope_cos, rope_sin;  // grown to the largest cache made so far
   std::int64_t rope_positions = 0;
   TensorObserver observer;
+  const LoraAdapter* adapter = nullptr;
 };
 
 // Activation buffers sized for the largest batch seen so far; smaller batches use their leading rows.
@@ -28,6 +30,7 @@ struct Model::Workspace {
   std::int64_t capacity = 0;
   Tensor x, normed, q, k, v, attn, proj, gate, up, act;
   Tensor last_rows, logits;
+  Tensor lora_tmp;  // [tokens, r] for the adapter path
   std::int64_t logits_capacity = 0;
 };
 
@@ -52,6 +55,29 @@ const ModelConfig& Model::config() const { return weights_->config; }
 Backend& Model::backend() const { return *weights_->backend; }
 std::size_t Model::parameter_count() const { return weights_->tensors.parameter_count; }
 void Model::set_observer(TensorObserver observer) { weights_->observer = std::move(observer); }
+void Model::set_adapter(const LoraAdapter* adapter) {
+  if (adapter != nullptr && adapter->layers() != weights_->tensors.layers.size())
+    throw InputError("the adapter has " + std::to_string(adapter->layers()) + " layers; the model has " +
+                     std::to_string(weights_->tensors.layers.size()));
+  weights_->adapter = adapter;
+}
+const LoraAdapter* Model::adapter() const { return weights_->adapter; }
+const ModelWeights& Model::weights() const { return weights_->tensors; }
+
+std::pair<const Tensor*, const Tensor*> Model::rope_tables(std::int64_t positions) {
+  if (positions > weights_->rope_positions) {
+    const std::int64_t half = weights_->config.head_dim / 2;
+    RopeTables tables = make_rope_tables(weights_->inverse_frequencies, positions);
+    Tensor cos = Tensor::host_f32({positions, half}, "rope.cos");
+    Tensor sin = Tensor::host_f32({positions, half}, "rope.sin");
+    std::copy(tables.cos.begin(), tables.cos.end(), cos.f32());
+    std::copy(tables.sin.begin(), tables.sin.end(), sin.f32());
+    weights_->rope_cos = weights_->backend->upload(std::move(cos));
+    weights_->rope_sin = weights_->backend->upload(std::move(sin));
+    weights_->rope_positions = positions;
+  }
+  return {&weights_->rope_cos, &weights_->rope_sin};
+}
 
 std::size_t KVCache::bytes() const {
   std::size_t total = 0;
@@ -75,17 +101,7 @@ KVCache Model::make_cache(std::int32_t slots, std::int32_t capacity) {
     cache.keys_.push_back(backend.zeros({slots, capacity, c.num_key_value_heads, c.head_dim}, layer + ".k_cache"));
     cache.values_.push_back(backend.zeros({slots, capacity, c.num_key_value_heads, c.head_dim}, layer + ".v_cache"));
   }
-  if (capacity > weights_->rope_positions) {
-    RopeTables tables = make_rope_tables(weights_->inverse_frequencies, capacity);
-    const std::int64_t half = c.head_dim / 2;
-    Tensor cos = Tensor::host_f32({capacity, half}, "rope.cos");
-    Tensor sin = Tensor::host_f32({capacity, half}, "rope.sin");
-    std::copy(tables.cos.begin(), tables.cos.end(), cos.f32());
-    std::copy(tables.sin.begin(), tables.sin.end(), sin.f32());
-    weights_->rope_cos = backend.upload(std::move(cos));
-    weights_->rope_sin = backend.upload(std::move(sin));
-    weights_->rope_positions = capacity;
-  }
+  rope_tables(capacity);
   return cache;
 }
 
@@ -144,6 +160,19 @@ std::vector<float> Model::forward(std::span<const TokenId> tokens, std::span<con
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   auto bias = [](const std::optional<Tensor>& t) { return t ? &*t : nullptr; };
+  const LoraAdapter* adapter = weights_->adapter;
+  if (adapter != nullptr && ws.lora_tmp.numel() < n * adapter->settings().r)
+    ws.lora_tmp = b.zeros({n, adapter->settings().r}, "lora_tmp");
+  // y = x W^T + bias, plus the adapter's scaling * (x A^T) B^T when the projection has one.
+  auto project = [&](std::size_t layer, LoraTarget target, const Tensor& in, const Tensor& weight,
+                     const Tensor* b_bias, Tensor& out) {
+    b.linear(in, weight, b_bias, out);
+    const LoraPair* pair = adapter ? adapter->find(layer, target) : nullptr;
+    if (pair == nullptr) return;
+    Tensor tmp = ws.lora_tmp.reshaped({ws.lora_tmp.numel()}).rows(n * adapter->settings().r).reshaped({n, adapter->settings().r});
+    b.matmul(in, false, pair->a, true, 1.0f, 0.0f, tmp);
+    b.matmul(tmp, false, pair->b, true, adapter->scaling(), 1.0f, out);
+  };
 
   b.embedding(w.embed_tokens, tokens, x);
   observe(x, "embed");
@@ -151,9 +180,9 @@ std::vector<float> Model::forward(std::span<const TokenId> tokens, std::span<con
     const LayerWeights& lw = w.layers[l];
     const std::string name = "layers." + std::to_string(l);
     b.rms_norm(x, lw.input_norm, eps, normed);
-    b.linear(normed, lw.q_proj, bias(lw.q_bias), q);
-    b.linear(normed, lw.k_proj, bias(lw.k_bias), k);
-    b.linear(normed, lw.v_proj, bias(lw.v_bias), v);
+    project(l, LoraTarget::QProj, normed, lw.q_proj, bias(lw.q_bias), q);
+    project(l, LoraTarget::KProj, normed, lw.k_proj, bias(lw.k_bias), k);
+    project(l, LoraTarget::VProj, normed, lw.v_proj, bias(lw.v_bias), v);
     b.rope(q, layout, weights_->rope_cos, weights_->rope_sin);
     b.rope(k, layout, weights_->rope_cos, weights_->rope_sin);
     observe(q, name + ".q_rope");
@@ -161,14 +190,14 @@ std::vector<float> Model::forward(std::span<const TokenId> tokens, std::span<con
     b.kv_store(k, v, layout, cache.keys(l), cache.values(l));
     b.attention(q, cache.keys(l), cache.values(l), layout, scale, attn);
     observe(attn, name + ".attn");
-    b.linear(attn.reshaped({n, heads * head_dim}), lw.o_proj, bias(lw.o_bias), proj);
+    project(l, LoraTarget::OProj, attn.reshaped({n, heads * head_dim}), lw.o_proj, bias(lw.o_bias), proj);
     b.add_inplace(x, proj);
     observe(x, name + ".attn_residual");
     b.rms_norm(x, lw.post_attention_norm, eps, normed);
-    b.linear(normed, lw.gate_proj, nullptr, gate);
-    b.linear(normed, lw.up_proj, nullptr, up);
+    project(l, LoraTarget::GateProj, normed, lw.gate_proj, nullptr, gate);
+    project(l, LoraTarget::UpProj, normed, lw.up_proj, nullptr, up);
     b.swiglu(gate, up, act);
-    b.linear(act, lw.down_proj, nullptr, proj);
+    project(l, LoraTarget::DownProj, act, lw.down_proj, nullptr, proj);
     b.add_inplace(x, proj);
     observe(x, name + ".out");
   }

@@ -1,0 +1,177 @@
+// Fingerprints for checkpoints: xxh3-128 (hex) of a model directory's identity, of a file's bytes and of a
+// string. A model is identified by config.json and, for every safetensors file, its name, size and header:
+// cheap even for very large models, since the tensor data itself is never read.
+#include <xxhash.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "slearn/checkpoint.hpp"
+#include "slearn/error.hpp"
+
+namespace slearn {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// The safetensors reference implementation refuses headers above this size.
+constexpr std::uint64_t kMaxSafetensorsHeader = 100'000'000;
+constexpr std::size_t kChunk = 1 << 20;
+
+// Owns an XXH3 streaming state.
+class Hasher {
+ public:
+  Hasher() : state_(XXH3_createState()) {
+    if (state_ == nullptr) throw Error("fingerprint: cannot allocate the hash state");
+    if (XXH3_128bits_reset(state_) != XXH_OK) {
+      XXH3_freeState(state_);
+      throw Error("fingerprint: cannot initialise the hash state");
+    }
+  }
+  ~Hasher() { XXH3_freeState(state_); }
+  Hasher(const Hasher&) = delete;
+  Hasher& operator=(const Hasher&) = delete;
+
+  void update(const void* data, std::size_t size) {
+    if (size == 0) return;
+    if (XXH3_128bits_update(state_, data, size) != XXH_OK) throw Error("fingerprint: hash update failed");
+  }
+  void update(const std::string& text) { update(text.data(), text.size()); }
+  // A length-prefixed field, so that concatenations of different fields cannot collide.
+  void field(const std::string& text) {
+    update_u64(text.size());
+    update(text);
+  }
+  void update_u64(std::uint64_t value) {
+    std::array<unsigned char, 8> bytes{};
+    for (std::size_t i = 0; i < 8; ++i) bytes[i] = static_cast<unsigned char>((value >> (8 * i)) & 0xffu);
+    update(bytes.data(), bytes.size());
+  }
+  std::string hex() const { return to_hex(XXH3_128bits_digest(state_)); }
+
+  static std::string to_hex(XXH128_hash_t hash) {
+    XXH128_canonical_t canonical;
+    XXH128_canonicalFromHash(&canonical, hash);
+    static constexpr char kDigits[] = "0123456789abcdef";
+    std::string text;
+    text.reserve(32);
+    for (unsigned char byte : canonical.digest) {
+      text += kDigits[byte >> 4];
+      text += kDigits[byte & 0x0f];
+    }
+    return text;
+  }
+
+ private:
+  XXH3_state_t* state_;
+};
+
+std::uint64_t size_of(const fs::path& file) {
+  std::error_code ec;
+  const auto size = fs::file_size(file, ec);
+  if (ec) throw Error(file.string() + ": cannot read the file size: " + ec.message());
+  return size;
+}
+
+std::ifstream open_input(const fs::path& file) {
+  std::error_code ec;
+  if (!fs::exists(file, ec)) throw InputError(file.string() + ": file not found");
+  if (fs::is_directory(file, ec)) throw InputError(file.string() + ": is a directory, expected a file");
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(file.string() + ": cannot open: " + std::strerror(errno));
+  return in;
+}
+
+// Reads exactly `size` bytes from `in` into `buffer`; false at a premature end of file.
+bool read_exact(std::ifstream& in, char* buffer, std::size_t size) {
+  in.read(buffer, static_cast<std::streamsize>(size));
+  return static_cast<std::size_t>(in.gcount()) == size;
+}
+
+// Hashes every byte of `file` into `hasher`, in chunks.
+void hash_contents(Hasher& hasher, const fs::path& file) {
+  std::ifstream in = open_input(file);
+  std::vector<char> buffer(kChunk);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    const auto got = in.gcount();
+    if (got > 0) hasher.update(buffer.data(), static_cast<std::size_t>(got));
+  }
+  if (in.bad()) throw Error(file.string() + ": read error while computing its fingerprint");
+}
+
+// Hashes the name, size and header (8-byte length + JSON) of one safetensors file.
+void hash_safetensors_header(Hasher& hasher, const fs::path& file) {
+  const std::uint64_t file_size = size_of(file);
+  std::ifstream in = open_input(file);
+  std::array<char, 8> prefix{};
+  if (file_size < 8 || !read_exact(in, prefix.data(), prefix.size())) {
+    throw InputError(file.string() + ": not a safetensors file (shorter than its 8-byte header length)");
+  }
+  std::uint64_t header_size = 0;
+  for (std::size_t i = 0; i < 8; ++i) {
+    header_size |= static_cast<std::uint64_t>(static_cast<unsigned char>(prefix[i])) << (8 * i);
+  }
+  if (header_size > kMaxSafetensorsHeader || header_size > file_size - 8) {
+    throw InputError(file.string() + ": corrupt safetensors file (header length " + std::to_string(header_size) +
+                     " does not fit in the file of " + std::to_string(file_size) + " bytes)");
+  }
+  std::string header(static_cast<std::size_t>(header_size), '\0');
+  if (!read_exact(in, header.data(), header.size())) {
+    throw InputError(file.string() + ": truncated safetensors header");
+  }
+  hasher.field(file.filename().string());
+  hasher.update_u64(file_size);
+  hasher.update(prefix.data(), prefix.size());
+  hasher.update(header);
+}
+
+}  // namespace
+
+std::string fingerprint_model(const fs::path& model_dir) {
+  std::error_code ec;
+  if (!fs::is_directory(model_dir, ec)) {
+    throw InputError(model_dir.string() + ": model directory not found");
+  }
+  const fs::path config = model_dir / "config.json";
+  if (!fs::is_regular_file(config, ec)) {
+    throw InputError(config.string() + ": not found; a model directory needs a config.json");
+  }
+
+  std::vector<fs::path> shards;
+  fs::directory_iterator it(model_dir, ec);
+  if (ec) throw Error(model_dir.string() + ": cannot list the directory: " + ec.message());
+  for (const fs::directory_entry& entry : it) {
+    if (entry.path().extension() == ".safetensors" && entry.is_regular_file(ec)) shards.push_back(entry.path());
+  }
+  std::sort(shards.begin(), shards.end(),
+            [](const fs::path& a, const fs::path& b) { return a.filename().string() < b.filename().string(); });
+
+  Hasher hasher;
+  hasher.update(std::string("slearn-model-fingerprint-v1"));
+  hasher.update_u64(size_of(config));
+  hash_contents(hasher, config);
+  hasher.update_u64(shards.size());
+  for (const fs::path& shard : shards) hash_safetensors_header(hasher, shard);
+  return hasher.hex();
+}
+
+std::string fingerprint_file(const fs::path& file) {
+  Hasher hasher;
+  hash_contents(hasher, file);
+  return hasher.hex();
+}
+
+std::string fingerprint_text(const std::string& text) {
+  return Hasher::to_hex(XXH3_128bits(text.data(), text.size()));
+}
+
+}  // namespace slearn

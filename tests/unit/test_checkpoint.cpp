@@ -1,0 +1,453 @@
+// Training checkpoints: bit-exact HDF5 round trip, the save protocol (temporary files, `latest`, keep_last),
+// every refusal on load (truncated, foreign, wrong version, other model/data/config), and the fingerprints.
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "slearn/checkpoint.hpp"
+#include "slearn/error.hpp"
+#include "test_paths.hpp"
+
+namespace {
+
+using namespace slearn;
+namespace fs = std::filesystem;
+
+// A fresh directory under the system temp dir, removed with everything in it at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = fs::temp_directory_path() /
+            ("slearn_ckpt_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + "_" +
+             (test != nullptr ? std::string(test->name()) : std::string("x")));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+  fs::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  fs::path path_;
+};
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  ASSERT_TRUE(out.good());
+}
+
+float from_bits(std::uint32_t bits) { return std::bit_cast<float>(bits); }
+
+NamedArray array(const std::string& name, std::vector<std::int64_t> shape, float base) {
+  NamedArray a;
+  a.name = name;
+  a.shape = std::move(shape);
+  std::size_t count = 1;
+  for (auto d : a.shape) count *= static_cast<std::size_t>(d);
+  for (std::size_t i = 0; i < count; ++i) a.values.push_back(base + 0.125f * static_cast<float>(i));
+  return a;
+}
+
+// Three groups of arrays whose order is not alphabetical, with PEFT-style dotted names.
+TrainState sample_state(std::int64_t step) {
+  TrainState state;
+  state.step = step;
+  state.epoch = 2;
+  state.position = 37;
+  state.adapter = {
+      array("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight", {8, 4}, 1.0f),
+      array("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", {4, 16}, -3.0f),
+      array("zeta", {3}, 0.5f),
+      array("alpha.scalar", {}, 7.0f),
+      array("empty", {0, 4}, 0.0f),
+  };
+  // Special values, bit for bit: signed zeros, infinities, a denormal, extremes, NaNs.
+  auto& special = state.adapter[0].values;
+  special[0] = -0.0f;
+  special[1] = 0.0f;
+  special[2] = std::numeric_limits<float>::infinity();
+  special[3] = -std::numeric_limits<float>::infinity();
+  special[4] = std::numeric_limits<float>::denorm_min();
+  special[5] = -std::numeric_limits<float>::max();
+  special[6] = std::numeric_limits<float>::quiet_NaN();
+  special[7] = from_bits(0x7fc00001u);  // a quiet NaN with a payload
+  special[8] = from_bits(0xffc00000u);  // a negative NaN
+  special[9] = std::numeric_limits<float>::min();
+  for (const NamedArray& a : state.adapter) {
+    NamedArray m = a;
+    for (float& v : m.values) v = v * 0.5f + 1.0f;
+    state.adam_m.push_back(m);
+    NamedArray v2 = a;
+    for (float& v : v2.values) v = v * v;
+    state.adam_v.push_back(v2);
+  }
+  state.rng_state = "mt19937 1 2 3\n4 5 6\n\tend\n";
+  state.config_yaml = "model: /models/qwén\n# 日本語のコメント ✓\nlora:\n  r: 8\n\nsystem_prompt: \"a\\nb\"\n";
+  state.fingerprint = "model:00112233445566778899aabbccddeeff data:ffeeddccbbaa99887766554433221100 config:0123";
+  return state;
+}
+
+void expect_bit_equal(const std::vector<NamedArray>& expected, const std::vector<NamedArray>& actual) {
+  ASSERT_EQ(expected.size(), actual.size());
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(expected[i].name, actual[i].name) << "array " << i;
+    EXPECT_EQ(expected[i].shape, actual[i].shape) << expected[i].name;
+    ASSERT_EQ(expected[i].values.size(), actual[i].values.size()) << expected[i].name;
+    for (std::size_t k = 0; k < expected[i].values.size(); ++k) {
+      EXPECT_EQ(std::bit_cast<std::uint32_t>(expected[i].values[k]), std::bit_cast<std::uint32_t>(actual[i].values[k]))
+          << expected[i].name << "[" << k << "]";
+    }
+  }
+}
+
+void expect_same_state(const TrainState& expected, const TrainState& actual) {
+  EXPECT_EQ(expected.step, actual.step);
+  EXPECT_EQ(expected.epoch, actual.epoch);
+  EXPECT_EQ(expected.position, actual.position);
+  EXPECT_EQ(expected.rng_state, actual.rng_state);
+  EXPECT_EQ(expected.config_yaml, actual.config_yaml);
+  EXPECT_EQ(expected.fingerprint, actual.fingerprint);
+  expect_bit_equal(expected.adapter, actual.adapter);
+  expect_bit_equal(expected.adam_m, actual.adam_m);
+  expect_bit_equal(expected.adam_v, actual.adam_v);
+}
+
+std::vector<std::string> file_names(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Runs `body`, which must throw InputError, and returns its message; fails if anything reached stderr.
+template <typename Body>
+std::string input_error_message(Body body) {
+  std::string message;
+  ::testing::internal::CaptureStderr();
+  try {
+    body();
+    ADD_FAILURE() << "no InputError was thrown";
+  } catch (const InputError& error) {
+    message = error.what();
+  } catch (const std::exception& error) {
+    ADD_FAILURE() << "expected an InputError, got: " << error.what();
+  }
+  const std::string printed = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(printed, "") << "something was printed to stderr";
+  return message;
+}
+
+const std::string kFingerprint =
+    "model:00112233445566778899aabbccddeeff data:ffeeddccbbaa99887766554433221100 config:0123";
+
+// ----------------------------------------------------------------------------------------------------------
+
+TEST(Checkpoint, RoundTripIsBitExactAndKeepsOrder) {
+  TempDir dir;
+  const TrainState state = sample_state(10);
+  const fs::path written = save_checkpoint(dir.path(), state, 3);
+  EXPECT_EQ(written, dir / "step-00000010.h5");
+  EXPECT_TRUE(fs::is_regular_file(written));
+
+  expect_same_state(state, load_checkpoint(written));
+  const auto latest = load_latest_checkpoint(dir.path(), state.fingerprint);
+  ASSERT_TRUE(latest.has_value());
+  expect_same_state(state, *latest);
+}
+
+TEST(Checkpoint, RoundTripOfEmptyStringsAndNoMoments) {
+  TempDir dir;
+  TrainState state;
+  state.step = 0;
+  state.adapter = {array("b.weight", {2, 2}, 1.0f), array("a.weight", {2}, 2.0f)};
+  state.rng_state = "";
+  state.config_yaml = std::string("with\0nul\0", 9);  // bytes are kept exactly, trailing NUL included
+  state.fingerprint = "";
+  const fs::path written = save_checkpoint(dir.path(), state, 1);
+  expect_same_state(state, load_checkpoint(written));
+}
+
+TEST(Checkpoint, KeepLastLeavesTheNewestAndLatestPointsAtIt) {
+  TempDir dir;
+  for (std::int64_t step = 1; step <= 5; ++step) save_checkpoint(dir.path(), sample_state(step * 10), 2);
+  EXPECT_EQ(file_names(dir.path()),
+            (std::vector<std::string>{"latest", "step-00000040.h5", "step-00000050.h5"}));
+  EXPECT_EQ(read_text(dir / "latest"), "step-00000050.h5\n");
+  const auto latest = load_latest_checkpoint(dir.path(), kFingerprint);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->step, 50);
+}
+
+TEST(Checkpoint, KeepLastNeverRemovesTheCheckpointJustWritten) {
+  TempDir dir;
+  // A newer-numbered file from an abandoned run is there; the one just written stays all the same.
+  save_checkpoint(dir.path(), sample_state(90), 5);
+  save_checkpoint(dir.path(), sample_state(20), 1);
+  EXPECT_TRUE(fs::exists(dir / "step-00000020.h5"));
+  EXPECT_EQ(read_text(dir / "latest"), "step-00000020.h5\n");
+  EXPECT_EQ(load_latest_checkpoint(dir.path(), kFingerprint)->step, 20);
+}
+
+TEST(Checkpoint, CreatesTheDirectory) {
+  TempDir dir;
+  const fs::path nested = dir / "runs" / "x" / "checkpoints";
+  save_checkpoint(nested, sample_state(3), 2);
+  EXPECT_TRUE(fs::exists(nested / "step-00000003.h5"));
+  EXPECT_TRUE(fs::exists(nested / "latest"));
+}
+
+TEST(Checkpoint, StrayTemporaryFilesAreIgnoredThenRemoved) {
+  TempDir dir;
+  save_checkpoint(dir.path(), sample_state(1), 3);
+  // What a crash in the middle of the next save leaves behind.
+  write_text(dir / "step-00000002.h5.tmp", "half a file");
+  write_text(dir / "latest.tmp", "step-00000002.h5\n");
+  const auto latest = load_latest_checkpoint(dir.path(), kFingerprint);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->step, 1);
+
+  save_checkpoint(dir.path(), sample_state(3), 3);
+  EXPECT_EQ(file_names(dir.path()),
+            (std::vector<std::string>{"latest", "step-00000001.h5", "step-00000003.h5"}));
+}
+
+TEST(Checkpoint, NoCheckpointIsNullopt) {
+  TempDir dir;
+  EXPECT_FALSE(load_latest_checkpoint(dir / "does-not-exist", kFingerprint).has_value());
+  EXPECT_FALSE(load_latest_checkpoint(dir.path(), kFingerprint).has_value());
+  // A checkpoint file without `latest` (the crash came before the pointer was written) is not loaded.
+  save_checkpoint(dir.path(), sample_state(4), 2);
+  fs::remove(dir / "latest");
+  EXPECT_FALSE(load_latest_checkpoint(dir.path(), kFingerprint).has_value());
+}
+
+TEST(Checkpoint, TruncatedCheckpointIsAnInputErrorAndPrintsNothing) {
+  TempDir dir;
+  const fs::path file = save_checkpoint(dir.path(), sample_state(7), 2);
+  const auto size = fs::file_size(file);
+  fs::resize_file(file, size / 2);
+  std::string message = input_error_message([&] { load_checkpoint(file); });
+  EXPECT_NE(message.find(file.string()), std::string::npos) << message;
+  message = input_error_message([&] { load_latest_checkpoint(dir.path(), kFingerprint); });
+  EXPECT_NE(message.find(file.string()), std::string::npos) << message;
+
+  // Only the superblock left; and cut short of even that.
+  fs::resize_file(file, 100);
+  input_error_message([&] { load_checkpoint(file); });
+  fs::resize_file(file, 5);
+  input_error_message([&] { load_checkpoint(file); });
+}
+
+TEST(Checkpoint, CorruptCheckpointIsAnInputError) {
+  TempDir dir;
+  const fs::path file = save_checkpoint(dir.path(), sample_state(7), 2);
+  std::string bytes = read_text(file);
+  // Scribble over everything after the superblock.
+  for (std::size_t i = 96; i < bytes.size(); ++i) bytes[i] = static_cast<char>(0xa5 ^ (i * 31));
+  write_text(file, bytes);
+  const std::string message = input_error_message([&] { load_checkpoint(file); });
+  EXPECT_NE(message.find(file.string()), std::string::npos) << message;
+}
+
+TEST(Checkpoint, NonHdf5AndMissingFilesAreInputErrors) {
+  TempDir dir;
+  write_text(dir / "step-00000001.h5", "model: not a checkpoint\n");
+  std::string message = input_error_message([&] { load_checkpoint(dir / "step-00000001.h5"); });
+  EXPECT_NE(message.find("step-00000001.h5"), std::string::npos) << message;
+  message = input_error_message([&] { load_checkpoint(dir / "nothing.h5"); });
+  EXPECT_NE(message.find("nothing.h5"), std::string::npos) << message;
+}
+
+TEST(Checkpoint, ErrorsPrintNothingOnOtherThreadsEither) {
+  // A thread-safe HDF5 keeps its printing switch per thread.
+  TempDir dir;
+  const fs::path file = save_checkpoint(dir.path(), sample_state(7), 2);
+  fs::resize_file(file, fs::file_size(file) / 3);
+  std::string message;
+  ::testing::internal::CaptureStderr();
+  std::thread worker([&] {
+    try {
+      load_checkpoint(file);
+    } catch (const InputError& error) {
+      message = error.what();
+    }
+  });
+  worker.join();
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  EXPECT_NE(message.find(file.string()), std::string::npos) << message;
+}
+
+TEST(Checkpoint, LatestNamingAMissingOrForeignFileIsAnInputError) {
+  TempDir dir;
+  write_text(dir / "latest", "step-00000009.h5\n");
+  std::string message = input_error_message([&] { load_latest_checkpoint(dir.path(), kFingerprint); });
+  EXPECT_NE(message.find("step-00000009.h5"), std::string::npos) << message;
+  write_text(dir / "latest", "../../etc/passwd\n");
+  message = input_error_message([&] { load_latest_checkpoint(dir.path(), kFingerprint); });
+  EXPECT_NE(message.find("latest"), std::string::npos) << message;
+}
+
+TEST(Checkpoint, OtherFormatVersionIsRefused) {
+  TempDir dir;
+  const fs::path file = save_checkpoint(dir.path(), sample_state(7), 2);
+  {
+    const hid_t h = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(h, 0);
+    const hid_t attribute = H5Aopen(h, "format_version", H5P_DEFAULT);
+    ASSERT_GE(attribute, 0);
+    const std::int64_t version = 2;
+    EXPECT_GE(H5Awrite(attribute, H5T_NATIVE_INT64, &version), 0);
+    H5Aclose(attribute);
+    H5Fclose(h);
+  }
+  const std::string message = input_error_message([&] { load_checkpoint(file); });
+  EXPECT_NE(message.find("version 2"), std::string::npos) << message;
+  EXPECT_NE(message.find(file.string()), std::string::npos) << message;
+}
+
+TEST(Checkpoint, FingerprintMismatchNamesWhatDiffers) {
+  TempDir dir;
+  TrainState state = sample_state(10);
+  state.fingerprint = "model:aaaa data:bbbb config:cccc";
+  const fs::path file = save_checkpoint(dir.path(), state, 2);
+
+  std::string message = input_error_message([&] { load_latest_checkpoint(dir.path(), "model:ffff data:bbbb config:cccc"); });
+  EXPECT_EQ(message, file.string() +
+                         " was written for another base model (model fingerprint differs); start a new run "
+                         "directory or pass --force");
+
+  message = input_error_message([&] { load_latest_checkpoint(dir.path(), "model:aaaa data:ffff config:cccc"); });
+  EXPECT_NE(message.find("data fingerprint differs"), std::string::npos) << message;
+  EXPECT_EQ(message.find("model"), std::string::npos) << message;
+  EXPECT_NE(message.find(file.string()), std::string::npos) << message;
+
+  message = input_error_message([&] { load_latest_checkpoint(dir.path(), "model:aaaa data:bbbb config:ffff"); });
+  EXPECT_NE(message.find("config fingerprint differs"), std::string::npos) << message;
+  EXPECT_EQ(message.find("model"), std::string::npos) << message;
+  EXPECT_EQ(message.find("data"), std::string::npos) << message;
+
+  message = input_error_message([&] { load_latest_checkpoint(dir.path(), "model:ffff data:bbbb config:ffff"); });
+  EXPECT_NE(message.find("model, config fingerprints differ"), std::string::npos) << message;
+
+  // The same fingerprint loads.
+  EXPECT_TRUE(load_latest_checkpoint(dir.path(), "model:aaaa data:bbbb config:cccc").has_value());
+}
+
+TEST(Checkpoint, BadArrayNamesAreRefusedBeforeWriting) {
+  TempDir dir;
+  TrainState state = sample_state(1);
+  state.adapter[1].name = "layers/0/lora_A";
+  state.adam_m.clear();
+  state.adam_v.clear();
+  EXPECT_THROW(save_checkpoint(dir / "ckpt", state, 2), InputError);
+  EXPECT_FALSE(fs::exists(dir / "ckpt" / "step-00000001.h5"));
+  EXPECT_FALSE(fs::exists(dir / "ckpt" / "latest"));
+}
+
+TEST(Checkpoint, InconsistentStateIsRefused) {
+  TempDir dir;
+  TrainState state = sample_state(1);
+  state.adapter[0].values.pop_back();  // values no longer match the shape
+  EXPECT_THROW(save_checkpoint(dir.path(), state, 2), Error);
+  state = sample_state(1);
+  state.adam_v.pop_back();  // moments no longer match the adapter
+  EXPECT_THROW(save_checkpoint(dir.path(), state, 2), Error);
+  EXPECT_FALSE(fs::exists(dir / "latest"));
+}
+
+// ----------------------------------------------------------------------------------------------------------
+
+const fs::path kShardedModel = slearn::testing::fixtures_dir() / "models" / "qwen2-untied-theta1e6";
+
+bool is_hex32(const std::string& text) {
+  return text.size() == 32 &&
+         std::all_of(text.begin(), text.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+TEST(Fingerprint, ModelIsStableAndFollowsConfigAndShards) {
+  const std::string first = fingerprint_model(kShardedModel);
+  EXPECT_TRUE(is_hex32(first)) << first;
+  EXPECT_EQ(first, fingerprint_model(kShardedModel));
+
+  TempDir dir;
+  const fs::path copy = dir / "model";
+  fs::copy(kShardedModel, copy, fs::copy_options::recursive);
+  EXPECT_EQ(first, fingerprint_model(copy)) << "the directory's location is not part of the model";
+
+  // Files other than config.json and the safetensors do not count.
+  write_text(copy / "README.md", "notes\n");
+  EXPECT_EQ(first, fingerprint_model(copy));
+
+  const std::string config = read_text(copy / "config.json");
+  write_text(copy / "config.json", config + " ");
+  const std::string changed = fingerprint_model(copy);
+  EXPECT_TRUE(is_hex32(changed));
+  EXPECT_NE(first, changed);
+  write_text(copy / "config.json", config);
+  EXPECT_EQ(first, fingerprint_model(copy));
+
+  // A shard that grows (another size) or goes away changes it.
+  const fs::path shard = copy / "model-00002-of-00003.safetensors";
+  const std::string bytes = read_text(shard);
+  write_text(shard, bytes + std::string(8, '\0'));
+  EXPECT_NE(first, fingerprint_model(copy));
+  write_text(shard, bytes);
+  EXPECT_EQ(first, fingerprint_model(copy));
+  fs::rename(shard, copy / "renamed.safetensors");
+  EXPECT_NE(first, fingerprint_model(copy));
+}
+
+TEST(Fingerprint, ModelWithoutConfigIsAnInputError) {
+  TempDir dir;
+  fs::copy(kShardedModel, dir / "model", fs::copy_options::recursive);
+  fs::remove(dir / "model" / "config.json");
+  EXPECT_THROW(fingerprint_model(dir / "model"), InputError);
+  EXPECT_THROW(fingerprint_model(dir / "missing"), InputError);
+}
+
+TEST(Fingerprint, CorruptSafetensorsHeaderIsAnInputError) {
+  TempDir dir;
+  fs::copy(kShardedModel, dir / "model", fs::copy_options::recursive);
+  write_text(dir / "model" / "model-00001-of-00003.safetensors", std::string("\xff\xff\xff\xff\x00\x00\x00\x00{}", 10));
+  EXPECT_THROW(fingerprint_model(dir / "model"), InputError);
+}
+
+TEST(Fingerprint, FileAndTextAgree) {
+  TempDir dir;
+  std::string big(3 * (1 << 20) + 17, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 131) ^ (i >> 9));
+  write_text(dir / "data.jsonl", big);
+  const std::string hash = fingerprint_file(dir / "data.jsonl");
+  EXPECT_TRUE(is_hex32(hash)) << hash;
+  EXPECT_EQ(hash, fingerprint_text(big));
+  EXPECT_NE(hash, fingerprint_text(big.substr(1)));
+  EXPECT_TRUE(is_hex32(fingerprint_text("")));
+  EXPECT_NE(fingerprint_text("a"), fingerprint_text("b"));
+  EXPECT_EQ(fingerprint_text("lora: {r: 8}"), fingerprint_text("lora: {r: 8}"));
+  EXPECT_THROW(fingerprint_file(dir / "missing.jsonl"), InputError);
+}
+
+}  // namespace
