@@ -1,13 +1,17 @@
 // Causal GQA attention for training over packed sequences, forward and backward, without a KV cache and
-// without any [S x S] matrix: the forward keeps one row of scores per thread and saves each query row's
-// log-sum-exp; the backward recomputes the probabilities P = exp(score - lse) where it needs them.
+// without any [S x S] matrix: the forward keeps a [kBlock x sequence] strip of scores per thread and saves
+// each query row's log-sum-exp; the backward recomputes the probabilities P = exp(score - lse) tile by tile.
 //
-// The forward runs the same arithmetic, in the same order, as causal_attention (attention.cpp), so the two
-// agree to rounding (in practice bit for bit). The backward is two passes, each writing disjoint outputs:
-//  1. over (query row t, head h): D = dO.O, then dQ[t] = scale * sum_j dS[t,j] K[j];
-//  2. over (key row j, kv head g): dV[j] = sum_{t>=j, h in g} P dO[t], dK[j] = scale * sum dS Q[t].
+// Work is tiled in kBlock x kBlock (query, key) tiles. Scores are computed against a transposed copy of K
+// (and dP against one of V), made once per call, so the tile product vectorises over the key index and
+// every score is a plain sequential sum over head_dim: the same value in the forward and both backward
+// passes, whatever the tiling of the work. The backward is two passes, each writing disjoint outputs:
+//  1. over (query block, head): D = dO.O, then dQ = scale * sum_j dS[t,j] K[j];
+//  2. over (key block, kv head): dV[j] = sum_{t>=j, h in group} P dO[t], dK[j] = scale * sum dS Q[t].
 // No atomics and no thread-count-dependent reductions: every output element is summed by one thread in a
-// fixed order, so results are bit-identical for any number of threads.
+// fixed order, so results are bit-identical for any number of threads. The forward normalises and sums
+// the values in the order causal_attention (attention.cpp) does; only the dot products' summation order
+// differs, so the two agree to rounding.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -19,25 +23,40 @@
 namespace slearn::cpu {
 namespace {
 
+// Rows per tile side: one 16-float vector of key columns.
+constexpr std::int64_t kBlock = 16;
 // Below this many multiply-adds a parallel region costs more than the work it splits.
 constexpr std::int64_t kParallelWork = 1 << 16;
-
-inline float dot(const float* a, const float* b, std::int64_t n) {
-  float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-  for (std::int64_t d = 0; d < n; ++d) acc += a[d] * b[d];
-  return acc;
-}
 
 inline void axpy(float alpha, const float* x, float* y, std::int64_t n) {
 #pragma omp simd
   for (std::int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
 }
 
+// tile[i][j] = sum_d a[i][d] bt[d][j] for i < rows and all kBlock columns, summed over d in order.
+inline void tile_product(const float* a, std::int64_t lda, std::int64_t rows, const float* bt, std::int64_t ldb,
+                         std::int64_t dim, float* tile) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    float acc[kBlock] = {};
+    const float* ai = a + i * lda;
+    for (std::int64_t d = 0; d < dim; ++d) {
+      const float x = ai[d];
+      const float* b = bt + d * ldb;
+#pragma omp simd
+      for (std::int64_t j = 0; j < kBlock; ++j) acc[j] += x * b[j];
+    }
+    std::copy_n(acc, kBlock, tile + i * kBlock);
+  }
+}
+
+// A block of up to kBlock rows of one sequence; blocks start at the sequence start, every kBlock rows.
+struct Block {
+  std::int64_t seq_start, seq_end, first, rows;
+};
+
 // The packed layout, checked once before any parallel region.
 struct Layout {
-  std::vector<std::int64_t> row_start;  // [tokens]: first row of the row's sequence
-  std::vector<std::int64_t> row_end;    // [tokens]: one past its sequence's last row
+  std::vector<Block> blocks;
   std::int64_t longest = 0;
   std::int64_t pairs = 0;  // causal (query, key) pairs summed over sequences
 };
@@ -56,8 +75,6 @@ Layout check_layout(const char* what, const std::int64_t* seq_starts, std::int64
     throw Error(name + ": seq_starts must run from 0 to tokens (" + std::to_string(tokens) + "), got " +
                 std::to_string(seq_starts[0]) + " .. " + std::to_string(seq_starts[sequences]));
   Layout layout;
-  layout.row_start.resize(static_cast<std::size_t>(tokens));
-  layout.row_end.resize(static_cast<std::size_t>(tokens));
   for (std::int64_t s = 0; s < sequences; ++s) {
     const std::int64_t start = seq_starts[s], end = seq_starts[s + 1];
     if (end < start)
@@ -66,12 +83,22 @@ Layout check_layout(const char* what, const std::int64_t* seq_starts, std::int64
     const std::int64_t length = end - start;
     layout.longest = std::max(layout.longest, length);
     layout.pairs += length * (length + 1) / 2;
-    for (std::int64_t t = start; t < end; ++t) {
-      layout.row_start[static_cast<std::size_t>(t)] = start;
-      layout.row_end[static_cast<std::size_t>(t)] = end;
-    }
+    for (std::int64_t first = start; first < end; first += kBlock)
+      layout.blocks.push_back({start, end, first, std::min(kBlock, end - first)});
   }
   return layout;
+}
+
+// x [tokens, kv_heads, dim] -> [kv_heads, dim, ld] with ld = tokens + kBlock, zero-padded, so that a tile
+// product may read kBlock columns from any row.
+std::vector<float> transpose_heads(const float* x, std::int64_t tokens, std::int64_t kv_heads, std::int64_t dim) {
+  const std::int64_t ld = tokens + kBlock;
+  std::vector<float> out(static_cast<std::size_t>(kv_heads * dim * ld), 0.0f);
+  for (std::int64_t t = 0; t < tokens; ++t)
+    for (std::int64_t g = 0; g < kv_heads; ++g)
+      for (std::int64_t d = 0; d < dim; ++d)
+        out[static_cast<std::size_t>((g * dim + d) * ld + t)] = x[(t * kv_heads + g) * dim + d];
+  return out;
 }
 
 }  // namespace
@@ -80,41 +107,45 @@ void attention_forward_train(const AttentionTrainParams& p) {
   const Layout layout =
       check_layout("attention_forward_train", p.seq_starts, p.sequences, p.tokens, p.heads, p.kv_heads, p.head_dim);
   if (p.tokens == 0) return;
-  const std::int64_t group = p.heads / p.kv_heads;
-  const std::int64_t kv_row = p.kv_heads * p.head_dim;
-  const std::int64_t work = layout.pairs * p.heads * p.head_dim;
-#pragma omp parallel if (work > kParallelWork)
+  const std::int64_t group = p.heads / p.kv_heads, dim = p.head_dim;
+  const std::int64_t kv_row = p.kv_heads * dim, q_row = p.heads * dim, ld = p.tokens + kBlock;
+  const std::vector<float> kt = transpose_heads(p.k, p.tokens, p.kv_heads, dim);
+  const auto blocks = static_cast<std::int64_t>(layout.blocks.size());
+#pragma omp parallel if (layout.pairs * p.heads * dim > kParallelWork)
   {
-    std::vector<float> scores(static_cast<std::size_t>(layout.longest));
-#pragma omp for collapse(2) schedule(dynamic, 4)
-    for (std::int64_t t = 0; t < p.tokens; ++t) {
+    std::vector<float> strip(static_cast<std::size_t>(kBlock * layout.longest));  // scores of the block's rows
+    std::vector<float> tile(static_cast<std::size_t>(kBlock * kBlock));
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (std::int64_t b = 0; b < blocks; ++b) {
       for (std::int64_t h = 0; h < p.heads; ++h) {
-        const std::int64_t start = layout.row_start[static_cast<std::size_t>(t)];
-        const std::int64_t context = t - start + 1;
-        const std::int64_t kv_head = h / group;
-        const float* q = p.q + (t * p.heads + h) * p.head_dim;
-        const float* k_base = p.k + start * kv_row + kv_head * p.head_dim;
-        const float* v_base = p.v + start * kv_row + kv_head * p.head_dim;
-
-        float max_score = -INFINITY;
-        for (std::int64_t j = 0; j < context; ++j) {
-          const float s = dot(q, k_base + j * kv_row, p.head_dim) * p.scale;
-          scores[static_cast<std::size_t>(j)] = s;
-          max_score = std::max(max_score, s);
+        const Block& blk = layout.blocks[static_cast<std::size_t>(blocks - 1 - b)];  // the longest rows first
+        const std::int64_t g = h / group;
+        const float* kt_head = kt.data() + g * dim * ld;
+        for (std::int64_t key0 = blk.seq_start; key0 <= blk.first; key0 += kBlock) {
+          tile_product(p.q + blk.first * q_row + h * dim, q_row, blk.rows, kt_head + key0, ld, dim, tile.data());
+          for (std::int64_t i = 0; i < blk.rows; ++i) {
+            const std::int64_t columns = std::min(kBlock, blk.first + i - key0 + 1);
+            float* row = strip.data() + i * layout.longest + (key0 - blk.seq_start);
+            for (std::int64_t j = 0; j < columns; ++j) row[j] = tile[static_cast<std::size_t>(i * kBlock + j)] * p.scale;
+          }
         }
-        float total = 0.0f;
-        for (std::int64_t j = 0; j < context; ++j) {
-          const float e = std::exp(scores[static_cast<std::size_t>(j)] - max_score);
-          scores[static_cast<std::size_t>(j)] = e;
-          total += e;
+        for (std::int64_t i = 0; i < blk.rows; ++i) {
+          const std::int64_t t = blk.first + i, context = t - blk.seq_start + 1;
+          float* scores = strip.data() + i * layout.longest;
+          float max_score = -INFINITY;
+          for (std::int64_t j = 0; j < context; ++j) max_score = std::max(max_score, scores[j]);
+          float total = 0.0f;
+          for (std::int64_t j = 0; j < context; ++j) {
+            scores[j] = std::exp(scores[j] - max_score);
+            total += scores[j];
+          }
+          const float inv_total = 1.0f / total;
+          float* out = p.out + t * q_row + h * dim;
+          std::fill_n(out, dim, 0.0f);
+          const float* v = p.v + blk.seq_start * kv_row + g * dim;
+          for (std::int64_t j = 0; j < context; ++j) axpy(scores[j] * inv_total, v + j * kv_row, out, dim);
+          p.lse[t * p.heads + h] = max_score + std::log(total);
         }
-        const float inv_total = 1.0f / total;
-
-        float* out = p.out + (t * p.heads + h) * p.head_dim;
-        std::fill_n(out, p.head_dim, 0.0f);
-        for (std::int64_t j = 0; j < context; ++j)
-          axpy(scores[static_cast<std::size_t>(j)] * inv_total, v_base + j * kv_row, out, p.head_dim);
-        p.lse[t * p.heads + h] = max_score + std::log(total);
       }
     }
   }
@@ -124,59 +155,107 @@ void attention_backward(const AttentionBackwardParams& p) {
   const Layout layout =
       check_layout("attention_backward", p.seq_starts, p.sequences, p.tokens, p.heads, p.kv_heads, p.head_dim);
   if (p.tokens == 0) return;
-  const std::int64_t group = p.heads / p.kv_heads;
-  const std::int64_t kv_row = p.kv_heads * p.head_dim;
-  const std::int64_t q_row = p.heads * p.head_dim;
-  const std::int64_t dim = p.head_dim;
+  const std::int64_t group = p.heads / p.kv_heads, dim = p.head_dim;
+  const std::int64_t kv_row = p.kv_heads * dim, q_row = p.heads * dim, ld = p.tokens + kBlock;
+  const std::vector<float> kt = transpose_heads(p.k, p.tokens, p.kv_heads, dim);
+  const std::vector<float> vt = transpose_heads(p.v, p.tokens, p.kv_heads, dim);
+  const auto blocks = static_cast<std::int64_t>(layout.blocks.size());
   const bool parallel = layout.pairs * p.heads * dim > kParallelWork;
-  // D[t, h] = dO[t, h] . O[t, h] = sum_j P[t, j] dP[t, j]: read by both passes.
+  // D[t, h] = dO[t, h] . O[t, h] = sum_j P[t, j] dP[t, j]: written by pass 1, read by both.
   std::vector<float> delta(static_cast<std::size_t>(p.tokens * p.heads));
+  constexpr auto kTile = static_cast<std::size_t>(kBlock * kBlock);
 
-  // Pass 1: D and dQ, one (query row, head) per work item.
-#pragma omp parallel for collapse(2) schedule(dynamic, 4) if (parallel)
-  for (std::int64_t t = 0; t < p.tokens; ++t) {
-    for (std::int64_t h = 0; h < p.heads; ++h) {
-      const std::int64_t start = layout.row_start[static_cast<std::size_t>(t)];
-      const std::int64_t kv_head = h / group;
-      const std::int64_t at = (t * p.heads + h) * dim;
-      const float* q = p.q + at;
-      const float* dout = p.dout + at;
-      const float lse = p.lse[t * p.heads + h];
-      const float d_row = dot(dout, p.out + at, dim);
-      delta[static_cast<std::size_t>(t * p.heads + h)] = d_row;
-      float* dq = p.dq + at;
-      std::fill_n(dq, dim, 0.0f);
-      for (std::int64_t j = start; j <= t; ++j) {
-        const float* k = p.k + j * kv_row + kv_head * dim;
-        const float* v = p.v + j * kv_row + kv_head * dim;
-        const float prob = std::exp(dot(q, k, dim) * p.scale - lse);
-        const float dscore = prob * (dot(dout, v, dim) - d_row);
-        axpy(dscore * p.scale, k, dq, dim);
+  // Pass 1: D and dQ, one (query block, head) per work item.
+#pragma omp parallel if (parallel)
+  {
+    std::vector<float> scores(kTile), dprob(kTile), acc(static_cast<std::size_t>(kBlock * dim));
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      for (std::int64_t h = 0; h < p.heads; ++h) {
+        const Block& blk = layout.blocks[static_cast<std::size_t>(blocks - 1 - b)];  // the longest rows first
+        const std::int64_t g = h / group;
+        const float* q = p.q + blk.first * q_row + h * dim;
+        const float* dout = p.dout + blk.first * q_row + h * dim;
+        for (std::int64_t i = 0; i < blk.rows; ++i) {
+          float d_row = 0.0f;
+          const float* o = p.out + (blk.first + i) * q_row + h * dim;
+          for (std::int64_t d = 0; d < dim; ++d) d_row += dout[i * q_row + d] * o[d];
+          delta[static_cast<std::size_t>((blk.first + i) * p.heads + h)] = d_row;
+        }
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (std::int64_t key0 = blk.seq_start; key0 <= blk.first; key0 += kBlock) {
+          tile_product(q, q_row, blk.rows, kt.data() + g * dim * ld + key0, ld, dim, scores.data());
+          tile_product(dout, q_row, blk.rows, vt.data() + g * dim * ld + key0, ld, dim, dprob.data());
+          for (std::int64_t i = 0; i < blk.rows; ++i) {
+            const std::int64_t t = blk.first + i;
+            const float lse = p.lse[t * p.heads + h];
+            const float d_row = delta[static_cast<std::size_t>(t * p.heads + h)];
+            const std::int64_t columns = std::min(kBlock, t - key0 + 1);
+            for (std::int64_t j = 0; j < columns; ++j) {
+              const auto at = static_cast<std::size_t>(i * kBlock + j);
+              const float prob = std::exp(scores[at] * p.scale - lse);
+              axpy(prob * (dprob[at] - d_row), p.k + (key0 + j) * kv_row + g * dim, acc.data() + i * dim, dim);
+            }
+          }
+        }
+        for (std::int64_t i = 0; i < blk.rows; ++i) {
+          float* dq = p.dq + (blk.first + i) * q_row + h * dim;
+          for (std::int64_t d = 0; d < dim; ++d) dq[d] = p.scale * acc[static_cast<std::size_t>(i * dim + d)];
+        }
       }
     }
   }
 
-  // Pass 2: dK and dV, one (key row, kv head) per work item; it gathers over the later query rows of its
+  // Pass 2: dK and dV, one (key block, kv head) per work item, gathering over the later query rows of its
   // sequence and the query heads of its group.
-#pragma omp parallel for collapse(2) schedule(dynamic, 4) if (parallel)
-  for (std::int64_t j = 0; j < p.tokens; ++j) {
-    for (std::int64_t g = 0; g < p.kv_heads; ++g) {
-      const std::int64_t end = layout.row_end[static_cast<std::size_t>(j)];
-      const std::int64_t at = j * kv_row + g * dim;
-      const float* k = p.k + at;
-      const float* v = p.v + at;
-      float* dk = p.dk + at;
-      float* dv = p.dv + at;
-      std::fill_n(dk, dim, 0.0f);
-      std::fill_n(dv, dim, 0.0f);
-      for (std::int64_t t = j; t < end; ++t) {
-        for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
-          const float* q = p.q + t * q_row + h * dim;
-          const float* dout = p.dout + t * q_row + h * dim;
-          const float prob = std::exp(dot(q, k, dim) * p.scale - p.lse[t * p.heads + h]);
-          const float dscore = prob * (dot(dout, v, dim) - delta[static_cast<std::size_t>(t * p.heads + h)]);
-          axpy(prob, dout, dv, dim);
-          axpy(dscore * p.scale, q, dk, dim);
+#pragma omp parallel if (parallel)
+  {
+    std::vector<float> scores(kTile), dprob(kTile);
+    std::vector<float> dk_acc(static_cast<std::size_t>(kBlock * dim)), dv_acc(dk_acc.size());
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      for (std::int64_t g = 0; g < p.kv_heads; ++g) {
+        const Block& blk = layout.blocks[static_cast<std::size_t>(b)];  // the most query rows first
+        std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
+        std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
+        for (std::int64_t query0 = blk.first; query0 < blk.seq_end; query0 += kBlock) {
+          const std::int64_t rows = std::min(kBlock, blk.seq_end - query0);
+          for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
+            const float* q = p.q + query0 * q_row + h * dim;
+            const float* dout = p.dout + query0 * q_row + h * dim;
+            tile_product(q, q_row, rows, kt.data() + g * dim * ld + blk.first, ld, dim, scores.data());
+            tile_product(dout, q_row, rows, vt.data() + g * dim * ld + blk.first, ld, dim, dprob.data());
+            // Turn the tile into P (in scores) and dS (in dprob), then gather column by column.
+            for (std::int64_t i = 0; i < rows; ++i) {
+              const std::int64_t t = query0 + i;
+              const float lse = p.lse[t * p.heads + h];
+              const float d_row = delta[static_cast<std::size_t>(t * p.heads + h)];
+              const std::int64_t columns = std::min(blk.rows, t - blk.first + 1);
+              for (std::int64_t j = 0; j < columns; ++j) {
+                const auto at = static_cast<std::size_t>(i * kBlock + j);
+                const float prob = std::exp(scores[at] * p.scale - lse);
+                scores[at] = prob;
+                dprob[at] = prob * (dprob[at] - d_row);
+              }
+            }
+            for (std::int64_t j = 0; j < blk.rows; ++j) {
+              float* dv = dv_acc.data() + j * dim;
+              float* dk = dk_acc.data() + j * dim;
+              for (std::int64_t i = query0 == blk.first ? j : 0; i < rows; ++i) {
+                const auto at = static_cast<std::size_t>(i * kBlock + j);
+                axpy(scores[at], dout + i * q_row, dv, dim);
+                axpy(dprob[at], q + i * q_row, dk, dim);
+              }
+            }
+          }
+        }
+        for (std::int64_t j = 0; j < blk.rows; ++j) {
+          float* dk = p.dk + (blk.first + j) * kv_row + g * dim;
+          float* dv = p.dv + (blk.first + j) * kv_row + g * dim;
+          for (std::int64_t d = 0; d < dim; ++d) {
+            dk[d] = p.scale * dk_acc[static_cast<std::size_t>(j * dim + d)];
+            dv[d] = dv_acc[static_cast<std::size_t>(j * dim + d)];
+          }
         }
       }
     }

@@ -12,6 +12,7 @@
 #include "slearn/chat_format.hpp"
 #include "slearn/error.hpp"
 #include "slearn/generate.hpp"
+#include "slearn/lora.hpp"
 #include "slearn/model.hpp"
 #include "slearn/threads.hpp"
 #include "slearn/tokenizer.hpp"
@@ -21,6 +22,7 @@ namespace {
 
 struct GenerateOptions {
   std::string model_dir;
+  std::string adapter_dir;
   std::vector<std::string> prompts;
   std::string prompts_file;
   std::vector<std::string> prompt_ids;
@@ -105,6 +107,11 @@ int run_generate(const GenerateOptions& o) {
   auto backend = make_backend(o.backend);
   const auto load_start = std::chrono::steady_clock::now();
   Model model = Model::load(dir, *backend);
+  std::optional<LoraAdapter> adapter;
+  if (!o.adapter_dir.empty()) {
+    adapter.emplace(LoraAdapter::load(o.adapter_dir, model.config(), *backend));
+    model.set_adapter(&*adapter);
+  }
   const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
   std::optional<ChatFormat> format;
@@ -175,6 +182,7 @@ Command add_generate_command(CLI::App& app) {
   auto o = std::make_shared<GenerateOptions>();
   CLI::App* sub = app.add_subcommand("generate", "Generate text from a Hugging Face model directory");
   sub->add_option("--model", o->model_dir, "Model directory (config.json, safetensors, tokenizer.json)")->required();
+  sub->add_option("--adapter", o->adapter_dir, "PEFT LoRA adapter directory to apply");
   sub->add_option("--prompt", o->prompts, "A prompt text (repeatable)");
   sub->add_option("--prompts", o->prompts_file, "JSONL file of {\"prompt\": text} or {\"ids\": [...]} records");
   sub->add_option("--prompt-ids", o->prompt_ids, "A prompt as comma-separated token ids (repeatable)");

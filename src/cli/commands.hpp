@@ -12,5 +12,7 @@ using Command = std::function<int()>;
 
 Command add_generate_command(CLI::App& app);
 Command add_tokenize_command(CLI::App& app);
+Command add_train_command(CLI::App& app);
+Command add_merge_command(CLI::App& app);
 
 }  // namespace slearn::cli

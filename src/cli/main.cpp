@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   };
   add(slearn::cli::add_generate_command);
   add(slearn::cli::add_tokenize_command);
+  add(slearn::cli::add_train_command);
+  add(slearn::cli::add_merge_command);
 
   try {
     app.parse(argc, argv);

@@ -22,10 +22,6 @@ std::vector<LoraTarget> targets_of(const LoraSettings& settings) {
 
 }  // namespace
 
-double LoraSettings::scaling() const {
-  return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
-}
-
 std::string_view lora_target_name(LoraTarget target) { return kNames[static_cast<std::size_t>(target)]; }
 
 LoraTarget lora_target_from_name(std::string_view name) {

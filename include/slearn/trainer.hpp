@@ -1,0 +1,46 @@
+// LoRA fine-tuning: the loop over epochs and global batches, with checkpoints that resume a run exactly.
+//
+// A step takes the next global_batch_size examples of the epoch's shuffled order (seeded by train.seed and the
+// epoch). Rank r of R takes every R-th of them; each rank runs them micro_batch_size at a time, adding
+// gradients. The loss is the sum over every learned token of the global batch divided by their count, so the
+// result does not depend on how the batch is split over ranks and micro-batches (up to rounding).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "slearn/communicator.hpp"
+#include "slearn/sft_data.hpp"
+#include "slearn/train_config.hpp"
+
+namespace slearn {
+
+class Model;
+
+struct TrainRunOptions {
+  bool force = false;                       // ignore checkpoints of another run in run_dir and start over
+  std::optional<std::int64_t> stop_at_step;  // checkpoint and return once this many steps are done
+  bool show_progress = true;                // a progress bar on a terminal, log lines otherwise
+};
+
+struct TrainResult {
+  std::int64_t steps_done = 0, total_steps = 0;
+  bool finished = false;           // all steps done and the adapter written
+  std::int64_t resumed_from = 0;   // step of the checkpoint resumed from (0: a fresh start)
+  double last_loss = 0;
+  double seconds = 0;              // wall time of this invocation's steps
+  double tokens_per_second = 0;    // all ranks' tokens (prompt and answer) per wall second
+  std::size_t activation_bytes = 0;  // kept between forward and backward, largest micro-batch
+  ExampleStats examples;
+};
+
+// Loads the model, tokenizer and data of `config` and trains.
+TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options);
+
+// Trains on prepared examples with a loaded model (the pipeline's entry point).
+TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExample>& examples,
+                                   const std::string& data_fingerprint, const TrainConfig& config,
+                                   Communicator& comm, const TrainRunOptions& options);
+
+}  // namespace slearn

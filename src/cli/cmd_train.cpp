@@ -1,0 +1,65 @@
+// slearn_dist train: LoRA fine-tuning from a YAML configuration; slearn_dist merge: fold an adapter in.
+#include <cstdio>
+
+#include "cli/commands.hpp"
+#include "slearn/communicator.hpp"
+#include "slearn/merge.hpp"
+#include "slearn/train_config.hpp"
+#include "slearn/trainer.hpp"
+
+namespace slearn::cli {
+
+Command add_train_command(CLI::App& app) {
+  struct Options {
+    std::string config;
+    std::vector<std::string> overrides;
+    bool force = false;
+    std::optional<std::int64_t> stop_at_step;
+    bool quiet = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* sub = app.add_subcommand("train", "LoRA fine-tuning on question/answer records (YAML configuration)");
+  sub->add_option("--config", o->config, "YAML configuration (see docs/configuration.md)")->required();
+  sub->add_option("--set", o->overrides, "Override a key: --set lora.r=16 (repeatable)");
+  sub->add_flag("--force", o->force, "Start over even if run_dir holds checkpoints of another run");
+  sub->add_option("--stop-at-step", o->stop_at_step, "Checkpoint and stop once this many steps are done");
+  sub->add_flag("--quiet", o->quiet, "No progress output");
+  return [o]() {
+    const TrainConfig config = load_train_config(o->config, o->overrides);
+    auto comm = make_single_process_communicator();
+    TrainRunOptions options;
+    options.force = o->force;
+    options.stop_at_step = o->stop_at_step;
+    options.show_progress = !o->quiet;
+    const TrainResult r = train_lora(config, *comm, options);
+    if (!o->quiet)
+      std::fprintf(stderr, "slearn_dist train: %s at step %lld/%lld (resumed from %lld), last loss %.4f, %.0f tok/s, "
+                   "%.1f MB of activations kept per micro-batch%s\n",
+                   r.finished ? "finished" : "stopped", static_cast<long long>(r.steps_done),
+                   static_cast<long long>(r.total_steps), static_cast<long long>(r.resumed_from), r.last_loss,
+                   r.tokens_per_second, static_cast<double>(r.activation_bytes) / 1e6,
+                   config.train.gradient_checkpointing ? " (gradient checkpointing)" : "");
+    return 0;
+  };
+}
+
+Command add_merge_command(CLI::App& app) {
+  struct Options {
+    std::string model, adapter, out;
+    std::uint64_t max_shard_bytes = 5'000'000'000ull;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* sub = app.add_subcommand("merge", "Fold a LoRA adapter into its base model (a Hugging Face checkpoint)");
+  sub->add_option("--model", o->model, "Base model directory")->required();
+  sub->add_option("--adapter", o->adapter, "PEFT adapter directory")->required();
+  sub->add_option("--out", o->out, "Output directory")->required();
+  sub->add_option("--max-shard-bytes", o->max_shard_bytes, "Largest shard before splitting")->capture_default_str();
+  return [o]() {
+    const MergeResult r = merge_adapter(o->model, o->adapter, o->out, o->max_shard_bytes);
+    std::fprintf(stderr, "slearn_dist merge: %zu tensors (%zu merged) in %zu shard(s), %.1f MB, written to %s\n",
+                 r.tensors, r.merged, r.shards, static_cast<double>(r.bytes) / 1e6, o->out.c_str());
+    return 0;
+  };
+}
+
+}  // namespace slearn::cli

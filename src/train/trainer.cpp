@@ -1,0 +1,282 @@
+#include "slearn/trainer.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "slearn/backend.hpp"
+#include "slearn/checkpoint.hpp"
+#include "slearn/error.hpp"
+#include "slearn/lora.hpp"
+#include "slearn/model.hpp"
+#include "slearn/threads.hpp"
+#include "train/lora_graph.hpp"
+#include "train/optimizer.hpp"
+
+namespace slearn {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::vector<std::size_t> epoch_order(std::size_t count, std::uint64_t seed, std::int64_t epoch) {
+  std::vector<std::size_t> order(count);
+  for (std::size_t i = 0; i < count; ++i) order[i] = i;
+  std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + static_cast<std::uint64_t>(epoch) + 1);
+  for (std::size_t i = count; i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+  return order;
+}
+
+std::uint64_t dropout_key(std::uint64_t seed, std::int64_t step, std::size_t micro) {
+  std::uint64_t z = seed ^ (static_cast<std::uint64_t>(step) << 20) ^ micro;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  return z ^ (z >> 27);
+}
+
+// The settings that shape the trained weights; logging and checkpoint cadence are left out.
+std::string shaping_settings(const TrainConfig& c) {
+  std::ostringstream out;
+  const auto& l = c.lora;
+  const auto& o = c.optimizer;
+  const auto& t = c.train;
+  const auto& d = c.data;
+  out << "lora " << l.r << ' ' << l.alpha << ' ' << l.dropout << ' ' << l.use_rslora;
+  for (const auto& m : l.target_modules) out << ' ' << m;
+  out << "\noptimizer " << o.learning_rate << ' ' << o.weight_decay << ' ' << o.adam_beta1 << ' ' << o.adam_beta2
+      << ' ' << o.adam_epsilon << ' ' << o.max_grad_norm << ' ' << o.lr_schedule << ' ' << o.warmup_ratio << ' '
+      << o.warmup_steps << "\ntrain " << t.epochs << ' ' << t.global_batch_size << ' ' << t.seed << ' '
+      << t.max_steps << "\ndata " << d.question_field << ' ' << d.answer_field << ' ' << d.system_prompt << ' '
+      << d.chat_format << ' ' << d.max_length << ' ' << d.train_on_prompt << '\n';
+  return out.str();
+}
+
+std::vector<NamedArray> to_arrays(const std::vector<std::string>& keys, const std::vector<Tensor*>& tensors) {
+  std::vector<NamedArray> arrays;
+  for (std::size_t i = 0; i < tensors.size(); ++i)
+    arrays.push_back({keys[i], tensors[i]->shape(),
+                      std::vector<float>(tensors[i]->f32(), tensors[i]->f32() + tensors[i]->numel())});
+  return arrays;
+}
+
+void from_arrays(const std::vector<NamedArray>& arrays, const std::vector<std::string>& keys,
+                 const std::vector<Tensor*>& tensors, const std::string& what) {
+  if (arrays.size() != tensors.size()) throw InputError("checkpoint: " + what + " holds a different set of tensors");
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (arrays[i].name != keys[i] || arrays[i].shape != tensors[i]->shape())
+      throw InputError("checkpoint: " + what + " tensor \"" + arrays[i].name + "\" does not match \"" + keys[i] + "\"");
+    std::copy(arrays[i].values.begin(), arrays[i].values.end(), tensors[i]->f32());
+  }
+}
+
+// metrics.jsonl keeps the lines of steps <= `step` (those a resumed run will not redo), atomically.
+void truncate_metrics(const fs::path& path, std::int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::ostringstream kept;
+  for (std::string line; std::getline(in, line);) {
+    try {
+      if (nlohmann::json::parse(line).at("step").get<std::int64_t>() <= step) kept << line << '\n';
+    } catch (const std::exception&) {
+      // a torn last line from a crash: dropped
+    }
+  }
+  const fs::path tmp = path.string() + ".tmp";
+  std::ofstream(tmp) << kept.str();
+  fs::rename(tmp, path);
+}
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<long>(seconds);
+  char buffer[32];
+  if (s >= 3600) std::snprintf(buffer, sizeof buffer, "%ldh%02ldm", s / 3600, s / 60 % 60);
+  else std::snprintf(buffer, sizeof buffer, "%ldm%02lds", s / 60, s % 60);
+  return buffer;
+}
+
+}  // namespace
+
+TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExample>& examples,
+                                   const std::string& data_fingerprint, const TrainConfig& config,
+                                   Communicator& comm, const TrainRunOptions& options) {
+  if (examples.empty()) throw InputError("no training examples (every record was empty or dropped)");
+  const fs::path run_dir(config.run_dir);
+  const fs::path checkpoint_dir = run_dir / "checkpoints";
+  const fs::path metrics_path = run_dir / "metrics.jsonl";
+  const bool leader = comm.rank() == 0;
+  const auto& tc = config.train;
+  const std::string fingerprint = "model:" + fingerprint_model(config.model) + " data:" + data_fingerprint +
+                                  " config:" + fingerprint_text(shaping_settings(config));
+
+  Backend& backend = model.backend();
+  LoraAdapter adapter = LoraAdapter::initialize(model.config(), config.lora, tc.seed, backend);
+  std::vector<Tensor*> parameters;
+  std::vector<std::string> keys;
+  for (auto& p : adapter.parameters()) {
+    parameters.push_back(p.tensor);
+    keys.push_back(p.key);
+  }
+  AdamW optimizer(config.optimizer, parameters);
+  LoraTrainingGraph graph(model, adapter, tc.gradient_checkpointing);
+
+  const auto count = static_cast<std::int64_t>(examples.size());
+  const std::int64_t steps_per_epoch = (count + tc.global_batch_size - 1) / tc.global_batch_size;
+  const std::int64_t total_steps = tc.max_steps > 0 ? tc.max_steps : tc.epochs * steps_per_epoch;
+
+  TrainResult result;
+  result.total_steps = total_steps;
+  std::int64_t step = 0;
+  std::optional<TrainState> restored;
+  if (!options.force) restored = load_latest_checkpoint(checkpoint_dir, fingerprint);
+  if (restored) {
+    from_arrays(restored->adapter, keys, parameters, "adapter");
+    std::vector<Tensor*> m, v;
+    for (auto& t : optimizer.first_moments()) m.push_back(&t);
+    for (auto& t : optimizer.second_moments()) v.push_back(&t);
+    from_arrays(restored->adam_m, keys, m, "adam_m");
+    from_arrays(restored->adam_v, keys, v, "adam_v");
+    step = restored->step;
+    result.resumed_from = step;
+  }
+  if (leader) {
+    fs::create_directories(run_dir);
+    if (restored) truncate_metrics(metrics_path, step);
+    else if (fs::exists(metrics_path)) fs::remove(metrics_path);
+    std::ofstream(run_dir / "train_config.yaml") << config.source_text;
+  }
+
+  auto save = [&](std::int64_t done) {
+    if (!leader) return;
+    TrainState state;
+    state.step = done;
+    state.epoch = done / steps_per_epoch;
+    state.position = (done % steps_per_epoch) * tc.global_batch_size;
+    state.adapter = to_arrays(keys, parameters);
+    std::vector<Tensor*> m, v;
+    for (auto& t : optimizer.first_moments()) m.push_back(&t);
+    for (auto& t : optimizer.second_moments()) v.push_back(&t);
+    state.adam_m = to_arrays(keys, m);
+    state.adam_v = to_arrays(keys, v);
+    state.rng_state = "counter-based: seed " + std::to_string(tc.seed) + ", step " + std::to_string(done);
+    state.config_yaml = config.source_text;
+    state.fingerprint = fingerprint;
+    save_checkpoint(checkpoint_dir, state, config.checkpoint.keep_last);
+  };
+
+  std::ofstream metrics;
+  if (leader) metrics.open(metrics_path, std::ios::app);
+  const bool terminal = options.show_progress && leader && isatty(STDERR_FILENO);
+  const auto start = Clock::now();
+  std::int64_t tokens_done = 0;
+  std::vector<std::size_t> order;
+  std::int64_t order_epoch = -1;
+  while (step < total_steps) {
+    if (options.stop_at_step && step >= *options.stop_at_step) break;
+    const std::int64_t epoch = step / steps_per_epoch;
+    if (epoch != order_epoch) {
+      order = epoch_order(examples.size(), tc.seed, epoch);
+      order_epoch = epoch;
+    }
+    const std::int64_t begin = (step % steps_per_epoch) * tc.global_batch_size;
+    const std::int64_t end = std::min(count, begin + tc.global_batch_size);
+    std::int64_t learned = 0, step_tokens = 0;
+    for (std::int64_t i = begin; i < end; ++i) {
+      learned += examples[order[static_cast<std::size_t>(i)]].answer_tokens;
+      step_tokens += static_cast<std::int64_t>(examples[order[static_cast<std::size_t>(i)]].tokens.size());
+    }
+
+    auto gradients = graph.make_gradients();
+    std::vector<double> loss_sum{0.0};
+    std::vector<std::size_t> mine;
+    for (std::int64_t i = begin + comm.rank(); i < end; i += comm.size()) mine.push_back(order[static_cast<std::size_t>(i)]);
+    for (std::size_t m = 0; m < mine.size(); m += static_cast<std::size_t>(tc.micro_batch_size)) {
+      PackedBatch batch;
+      for (std::size_t j = m; j < std::min(mine.size(), m + static_cast<std::size_t>(tc.micro_batch_size)); ++j)
+        batch.add(examples[mine[j]].tokens, examples[mine[j]].targets);
+      const BatchLoss loss = graph.forward_backward(batch, 1.0f / static_cast<float>(std::max<std::int64_t>(1, learned)),
+                                                    dropout_key(tc.seed, step, m + static_cast<std::size_t>(comm.rank()) * 1000003u),
+                                                    gradients);
+      loss_sum[0] += loss.loss_sum;
+      result.activation_bytes = std::max(result.activation_bytes, graph.activation_bytes());
+    }
+    for (Tensor& g : gradients) comm.allreduce_sum(std::span<float>(g.f32(), static_cast<std::size_t>(g.numel())));
+    comm.allreduce_sum(std::span<double>(loss_sum));
+
+    const double norm = global_norm(gradients);
+    if (!std::isfinite(norm))
+      throw Error("training step " + std::to_string(step + 1) + ": the gradient norm is not finite (loss " +
+                  std::to_string(loss_sum[0]) + "); the last good checkpoint is kept");
+    clip_gradients(gradients, norm, config.optimizer.max_grad_norm);
+    const double lr = learning_rate_at(config.optimizer, step, total_steps);
+    optimizer.update(parameters, gradients, lr, step + 1);
+    ++step;
+    tokens_done += step_tokens;
+    result.last_loss = loss_sum[0] / static_cast<double>(std::max<std::int64_t>(1, learned));
+
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    const double tokens_per_second = static_cast<double>(tokens_done) / std::max(elapsed, 1e-9);
+    const std::int64_t done_here = step - result.resumed_from;
+    const double eta = elapsed / static_cast<double>(done_here) * static_cast<double>(total_steps - step);
+    if (leader) {
+      nlohmann::json line{{"step", step}, {"epoch", epoch}, {"loss", result.last_loss}, {"learning_rate", lr},
+                          {"grad_norm", norm}, {"tokens", step_tokens}, {"learned_tokens", learned},
+                          {"tokens_per_second", tokens_per_second}, {"elapsed", elapsed}};
+      metrics << line.dump() << '\n';
+      metrics.flush();
+      if (terminal) {
+        const int width = 24, filled = static_cast<int>(width * step / total_steps);
+        std::fprintf(stderr, "\rtrain [%s%s] %lld/%lld loss %.4f lr %.2e %.0f tok/s ETA %s   ",
+                     std::string(static_cast<std::size_t>(filled), '#').c_str(),
+                     std::string(static_cast<std::size_t>(width - filled), '.').c_str(), static_cast<long long>(step),
+                     static_cast<long long>(total_steps), result.last_loss, lr, tokens_per_second,
+                     format_duration(eta).c_str());
+        if (step == total_steps) std::fputc('\n', stderr);
+      } else if (options.show_progress && (step % config.log_every_steps == 0 || step == total_steps)) {
+        std::fprintf(stderr, "slearn_dist train: step %lld/%lld epoch %lld loss %.4f lr %.3e grad_norm %.3f %.0f tok/s elapsed %s ETA %s\n",
+                     static_cast<long long>(step), static_cast<long long>(total_steps), static_cast<long long>(epoch),
+                     result.last_loss, lr, norm, tokens_per_second, format_duration(elapsed).c_str(),
+                     format_duration(eta).c_str());
+      }
+    }
+    if (step % config.checkpoint.every_steps == 0 && step < total_steps) save(step);
+  }
+  result.steps_done = step;
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  result.tokens_per_second = static_cast<double>(tokens_done) / std::max(result.seconds, 1e-9);
+  if (step > result.resumed_from || !restored) save(step);
+  result.finished = step >= total_steps;
+  if (result.finished && leader) adapter.save(run_dir / "adapter", config.model);
+  comm.barrier();
+  return result;
+}
+
+TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options) {
+  apply_thread_plan(plan_threads(config.threads));
+  auto backend = make_backend(config.backend);
+  Model model = Model::load(config.model, *backend);
+  const Tokenizer tokenizer = Tokenizer::from_dir(config.model);
+  const ChatFormat format = config.data.chat_format == "auto"
+                                ? default_chat_format(model.config().model_type, tokenizer)
+                                : chat_format_from_name(config.data.chat_format);
+  const std::vector<QaRecord> records = load_qa_records(config.data);
+  ExampleStats stats;
+  const std::vector<TrainingExample> examples = build_examples(records, tokenizer, format, config.data, stats);
+  if (comm.rank() == 0 && options.show_progress) {
+    std::fprintf(stderr, "slearn_dist train: %zu records, %lld examples (%lld truncated, %lld dropped: no answer token left within max_length %lld), %lld tokens, %lld learned\n",
+                 records.size(), static_cast<long long>(stats.examples), static_cast<long long>(stats.truncated),
+                 static_cast<long long>(stats.dropped_no_answer), static_cast<long long>(config.data.max_length),
+                 static_cast<long long>(stats.tokens), static_cast<long long>(stats.learned_tokens));
+  }
+  TrainResult result = train_lora_on_examples(model, examples, fingerprint_file(config.data.path), config, comm, options);
+  result.examples = stats;
+  return result;
+}
+
+}  // namespace slearn
