@@ -4,7 +4,6 @@
 // lines compare directly. Prints one JSON line.
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <random>
 
@@ -15,55 +14,12 @@
 #include "slearn/model.hpp"
 #include "slearn/safetensors.hpp"
 #include "slearn/threads.hpp"
+#include "random_checkpoint.hpp"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
-
-// Writes a randomly initialised Qwen2 checkpoint with `layers` layers at the Qwen2.5-0.5B shape.
-void write_random_checkpoint(const fs::path& dir, int layers) {
-  fs::create_directories(dir);
-  const std::int64_t hidden = 896, inter = 4864, heads = 14, kv_heads = 2, head_dim = 64, vocab = 151936;
-  nlohmann::json config{{"model_type", "qwen2"},         {"vocab_size", vocab},        {"hidden_size", hidden},
-                        {"intermediate_size", inter},     {"num_hidden_layers", layers}, {"num_attention_heads", heads},
-                        {"num_key_value_heads", kv_heads}, {"rms_norm_eps", 1e-6},       {"rope_theta", 1000000.0},
-                        {"max_position_embeddings", 32768}, {"tie_word_embeddings", true}, {"hidden_act", "silu"},
-                        {"torch_dtype", "bfloat16"},      {"use_sliding_window", false}};
-  std::ofstream(dir / "config.json") << config.dump(2);
-
-  std::vector<std::pair<std::string, std::vector<std::int64_t>>> shapes{{"model.embed_tokens.weight", {vocab, hidden}},
-                                                                        {"model.norm.weight", {hidden}}};
-  for (int l = 0; l < layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    shapes.push_back({p + "input_layernorm.weight", {hidden}});
-    shapes.push_back({p + "post_attention_layernorm.weight", {hidden}});
-    shapes.push_back({p + "self_attn.q_proj.weight", {heads * head_dim, hidden}});
-    shapes.push_back({p + "self_attn.q_proj.bias", {heads * head_dim}});
-    shapes.push_back({p + "self_attn.k_proj.weight", {kv_heads * head_dim, hidden}});
-    shapes.push_back({p + "self_attn.k_proj.bias", {kv_heads * head_dim}});
-    shapes.push_back({p + "self_attn.v_proj.weight", {kv_heads * head_dim, hidden}});
-    shapes.push_back({p + "self_attn.v_proj.bias", {kv_heads * head_dim}});
-    shapes.push_back({p + "self_attn.o_proj.weight", {hidden, heads * head_dim}});
-    shapes.push_back({p + "mlp.gate_proj.weight", {inter, hidden}});
-    shapes.push_back({p + "mlp.up_proj.weight", {inter, hidden}});
-    shapes.push_back({p + "mlp.down_proj.weight", {hidden, inter}});
-  }
-  std::mt19937 rng(0);
-  std::uniform_real_distribution<float> dist(-0.035f, 0.035f);
-  std::vector<std::vector<float>> storage;
-  std::vector<slearn::TensorToWrite> tensors;
-  for (auto& [name, shape] : shapes) {
-    std::int64_t count = 1;
-    for (auto e : shape) count *= e;
-    std::vector<float> values(static_cast<std::size_t>(count));
-    const bool norm = name.find("norm") != std::string::npos;
-    for (auto& v : values) v = norm ? 1.0f : dist(rng);
-    storage.push_back(std::move(values));
-    tensors.push_back({name, shape, slearn::DType::BF16, storage.back()});
-  }
-  slearn::write_safetensors(dir / "model.safetensors", tensors);
-}
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -90,7 +46,11 @@ int main(int argc, char** argv) {
     const slearn::ThreadPlan plan = slearn::plan_threads(threads);
     slearn::apply_thread_plan(plan);
     const fs::path dir = fs::path(workdir) / ("layers-" + std::to_string(layers));
-    if (!fs::exists(dir / "model.safetensors")) write_random_checkpoint(dir, layers);
+    if (!fs::exists(dir / "model.safetensors")) {
+      slearn::perf::Qwen2Shape shape;
+      shape.layers = layers;
+      slearn::perf::write_random_qwen2(dir, shape);
+    }
     auto backend = slearn::make_cpu_backend();
     slearn::Model model = slearn::Model::load(dir, *backend);
 

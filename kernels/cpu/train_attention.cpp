@@ -13,6 +13,7 @@
 // the values in the order causal_attention (attention.cpp) does; only the dot products' summation order
 // differs, so the two agree to rounding.
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -28,9 +29,25 @@ constexpr std::int64_t kBlock = 16;
 // Below this many multiply-adds a parallel region costs more than the work it splits.
 constexpr std::int64_t kParallelWork = 1 << 16;
 
-inline void axpy(float alpha, const float* x, float* y, std::int64_t n) {
-#pragma omp simd
-  for (std::int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
+// e^x to about 2 ulp, branch-free so that loops over a tile vectorise (libm's expf is a scalar call, and
+// the exponentials are a third of the work otherwise). Inputs below -87 give e^-87 (the probabilities here
+// are e^(score - max) <= 1, so such terms are negligible either way).
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float shifted = x * 1.44269504f + kRound;
+  const float n = shifted - kRound;
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-6f;  // x - n ln2, |r| <= ~0.35
+  float poly = 1.0f / 5040.0f;
+  poly = poly * r + 1.0f / 720.0f;
+  poly = poly * r + 1.0f / 120.0f;
+  poly = poly * r + 1.0f / 24.0f;
+  poly = poly * r + 1.0f / 6.0f;
+  poly = poly * r + 0.5f;
+  poly = poly * r + 1.0f;
+  poly = poly * r + 1.0f;
+  const std::int32_t exponent = std::bit_cast<std::int32_t>(shifted) - std::bit_cast<std::int32_t>(kRound) + 127;
+  return poly * std::bit_cast<float>(exponent << 23);
 }
 
 // tile[i][j] = sum_d a[i][d] bt[d][j] for i < rows and all kBlock columns, summed over d in order.
@@ -46,6 +63,32 @@ inline void tile_product(const float* a, std::int64_t lda, std::int64_t rows, co
       for (std::int64_t j = 0; j < kBlock; ++j) acc[j] += x * b[j];
     }
     std::copy_n(acc, kBlock, tile + i * kBlock);
+  }
+}
+
+// c[i][d] += sum_{j < cols} a[i * a_row + j * a_col] b[j * ldb + d] for i < rows, d < dim, j in order.
+// The accumulator stays in registers across j, one kBlock-wide slice of the row at a time.
+inline void tile_accumulate(const float* a, std::int64_t a_row, std::int64_t a_col, std::int64_t rows,
+                            std::int64_t cols, const float* b, std::int64_t ldb, std::int64_t dim, float* c,
+                            std::int64_t ldc) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    float* ci = c + i * ldc;
+    std::int64_t d0 = 0;
+    for (; d0 + kBlock <= dim; d0 += kBlock) {
+      float acc[kBlock];
+      std::copy_n(ci + d0, kBlock, acc);
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const float x = a[i * a_row + j * a_col];
+        const float* bj = b + j * ldb + d0;
+#pragma omp simd
+        for (std::int64_t l = 0; l < kBlock; ++l) acc[l] += x * bj[l];
+      }
+      std::copy_n(acc, kBlock, ci + d0);
+    }
+    for (std::int64_t j = 0; d0 < dim && j < cols; ++j) {
+      const float x = a[i * a_row + j * a_col];
+      for (std::int64_t d = d0; d < dim; ++d) ci[d] += x * b[j * ldb + d];
+    }
   }
 }
 
@@ -131,19 +174,19 @@ void attention_forward_train(const AttentionTrainParams& p) {
         }
         for (std::int64_t i = 0; i < blk.rows; ++i) {
           const std::int64_t t = blk.first + i, context = t - blk.seq_start + 1;
-          float* scores = strip.data() + i * layout.longest;
+          float* weights = strip.data() + i * layout.longest;
           float max_score = -INFINITY;
-          for (std::int64_t j = 0; j < context; ++j) max_score = std::max(max_score, scores[j]);
-          float total = 0.0f;
-          for (std::int64_t j = 0; j < context; ++j) {
-            scores[j] = std::exp(scores[j] - max_score);
-            total += scores[j];
-          }
+          for (std::int64_t j = 0; j < context; ++j) max_score = std::max(max_score, weights[j]);
+#pragma omp simd
+          for (std::int64_t j = 0; j < context; ++j) weights[j] = exp_approx(weights[j] - max_score);
+          float total = 0.0f;  // summed in order, as causal_attention does
+          for (std::int64_t j = 0; j < context; ++j) total += weights[j];
           const float inv_total = 1.0f / total;
+#pragma omp simd
+          for (std::int64_t j = 0; j < context; ++j) weights[j] *= inv_total;
           float* out = p.out + t * q_row + h * dim;
           std::fill_n(out, dim, 0.0f);
-          const float* v = p.v + blk.seq_start * kv_row + g * dim;
-          for (std::int64_t j = 0; j < context; ++j) axpy(scores[j] * inv_total, v + j * kv_row, out, dim);
+          tile_accumulate(weights, 0, 1, 1, context, p.v + blk.seq_start * kv_row + g * dim, kv_row, dim, out, dim);
           p.lse[t * p.heads + h] = max_score + std::log(total);
         }
       }
@@ -164,6 +207,26 @@ void attention_backward(const AttentionBackwardParams& p) {
   // D[t, h] = dO[t, h] . O[t, h] = sum_j P[t, j] dP[t, j]: written by pass 1, read by both.
   std::vector<float> delta(static_cast<std::size_t>(p.tokens * p.heads));
   constexpr auto kTile = static_cast<std::size_t>(kBlock * kBlock);
+
+  // Turns a tile of scores and dP for query rows query0.. (head h) against key rows key0.. into P (in
+  // `scores`) and dS / scale (in `dprob`); pairs with key > query are zero.
+  const auto probabilities = [&](std::int64_t query0, std::int64_t rows, std::int64_t key0, std::int64_t h,
+                                 float* scores, float* dprob) {
+    for (std::int64_t i = 0; i < rows; ++i) {
+      const std::int64_t t = query0 + i, columns = t - key0 + 1;
+      const float lse = p.lse[t * p.heads + h];
+      const float d_row = delta[static_cast<std::size_t>(t * p.heads + h)];
+      const float scale = p.scale;
+      float* s = scores + i * kBlock;
+      float* dp = dprob + i * kBlock;
+#pragma omp simd
+      for (std::int64_t j = 0; j < kBlock; ++j) {
+        const float prob = j < columns ? exp_approx(s[j] * scale - lse) : 0.0f;
+        s[j] = prob;
+        dp[j] = prob * (dp[j] - d_row);
+      }
+    }
+  };
 
   // Pass 1: D and dQ, one (query block, head) per work item.
 #pragma omp parallel if (parallel)
@@ -186,17 +249,10 @@ void attention_backward(const AttentionBackwardParams& p) {
         for (std::int64_t key0 = blk.seq_start; key0 <= blk.first; key0 += kBlock) {
           tile_product(q, q_row, blk.rows, kt.data() + g * dim * ld + key0, ld, dim, scores.data());
           tile_product(dout, q_row, blk.rows, vt.data() + g * dim * ld + key0, ld, dim, dprob.data());
-          for (std::int64_t i = 0; i < blk.rows; ++i) {
-            const std::int64_t t = blk.first + i;
-            const float lse = p.lse[t * p.heads + h];
-            const float d_row = delta[static_cast<std::size_t>(t * p.heads + h)];
-            const std::int64_t columns = std::min(kBlock, t - key0 + 1);
-            for (std::int64_t j = 0; j < columns; ++j) {
-              const auto at = static_cast<std::size_t>(i * kBlock + j);
-              const float prob = std::exp(scores[at] * p.scale - lse);
-              axpy(prob * (dprob[at] - d_row), p.k + (key0 + j) * kv_row + g * dim, acc.data() + i * dim, dim);
-            }
-          }
+          probabilities(blk.first, blk.rows, key0, h, scores.data(), dprob.data());
+          const std::int64_t keys = key0 == blk.first ? blk.rows : kBlock;
+          tile_accumulate(dprob.data(), kBlock, 1, blk.rows, keys, p.k + key0 * kv_row + g * dim, kv_row, dim,
+                          acc.data(), dim);
         }
         for (std::int64_t i = 0; i < blk.rows; ++i) {
           float* dq = p.dq + (blk.first + i) * q_row + h * dim;
@@ -225,28 +281,10 @@ void attention_backward(const AttentionBackwardParams& p) {
             const float* dout = p.dout + query0 * q_row + h * dim;
             tile_product(q, q_row, rows, kt.data() + g * dim * ld + blk.first, ld, dim, scores.data());
             tile_product(dout, q_row, rows, vt.data() + g * dim * ld + blk.first, ld, dim, dprob.data());
-            // Turn the tile into P (in scores) and dS (in dprob), then gather column by column.
-            for (std::int64_t i = 0; i < rows; ++i) {
-              const std::int64_t t = query0 + i;
-              const float lse = p.lse[t * p.heads + h];
-              const float d_row = delta[static_cast<std::size_t>(t * p.heads + h)];
-              const std::int64_t columns = std::min(blk.rows, t - blk.first + 1);
-              for (std::int64_t j = 0; j < columns; ++j) {
-                const auto at = static_cast<std::size_t>(i * kBlock + j);
-                const float prob = std::exp(scores[at] * p.scale - lse);
-                scores[at] = prob;
-                dprob[at] = prob * (dprob[at] - d_row);
-              }
-            }
-            for (std::int64_t j = 0; j < blk.rows; ++j) {
-              float* dv = dv_acc.data() + j * dim;
-              float* dk = dk_acc.data() + j * dim;
-              for (std::int64_t i = query0 == blk.first ? j : 0; i < rows; ++i) {
-                const auto at = static_cast<std::size_t>(i * kBlock + j);
-                axpy(scores[at], dout + i * q_row, dv, dim);
-                axpy(dprob[at], q + i * q_row, dk, dim);
-              }
-            }
+            probabilities(query0, rows, blk.first, h, scores.data(), dprob.data());
+            // dV[j] += sum_i P[i][j] dO[i], dK[j] += sum_i dS[i][j] Q[i]: the tiles read transposed.
+            tile_accumulate(scores.data(), 1, kBlock, blk.rows, rows, dout, q_row, dim, dv_acc.data(), dim);
+            tile_accumulate(dprob.data(), 1, kBlock, blk.rows, rows, q, q_row, dim, dk_acc.data(), dim);
           }
         }
         for (std::int64_t j = 0; j < blk.rows; ++j) {

@@ -122,7 +122,7 @@ const std::vector<Field>& fields() {
          "system prompt put before every question; empty: no system turn"),
       in("data.chat_format", &D::data, &DataSettings::chat_format, one_of({"auto", "chatml", "llama2", "llama3"}),
          "prompt format; auto: by model (qwen2: chatml; llama: llama3 when the tokenizer has "
-         "<|start_header_id|>, else llama2)"),
+         "`<|start_header_id|>`, else llama2)"),
       in("data.max_length", &D::data, &DataSettings::max_length, int_at_least(2),
          "longest example in tokens; a longer one is cut on the right, and left out when no answer token "
          "remains"),

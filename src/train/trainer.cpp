@@ -112,7 +112,11 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   const fs::path metrics_path = run_dir / "metrics.jsonl";
   const bool leader = comm.rank() == 0;
   const auto& tc = config.train;
-  const std::string fingerprint = "model:" + fingerprint_model(config.model) + " data:" + data_fingerprint +
+  // The tokenizer shapes the examples, so it counts as part of the model.
+  const fs::path tokenizer_file = fs::path(config.model) / "tokenizer.json";
+  const std::string model_fingerprint = fingerprint_text(
+      fingerprint_model(config.model) + (fs::exists(tokenizer_file) ? fingerprint_file(tokenizer_file) : ""));
+  const std::string fingerprint = "model:" + model_fingerprint + " data:" + data_fingerprint +
                                   " config:" + fingerprint_text(shaping_settings(config));
 
   Backend& backend = model.backend();

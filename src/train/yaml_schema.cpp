@@ -276,6 +276,12 @@ std::string format_double(double value) {
   return text;
 }
 
+// A bound in a rule: 0 and 1 rather than 0.0 and 1.0.
+std::string format_bound(double value) {
+  if (std::abs(value) < 1e15 && value == std::trunc(value)) return std::to_string(static_cast<std::int64_t>(value));
+  return format_double(value);
+}
+
 std::string table_cell(const std::string& text) {
   std::string out;
   for (const char c : text) {
@@ -329,7 +335,7 @@ Rule int_in_range(std::int64_t min, std::int64_t max) {
 }
 
 Rule int_minus_one_or_at_least(std::int64_t min) {
-  const std::string description = "-1 (off) or >= " + std::to_string(min);
+  const std::string description = "-1 or >= " + std::to_string(min);
   return {description, [min, description](const Value& v) -> std::optional<std::string> {
             if (const auto* i = std::get_if<std::int64_t>(&v); i != nullptr && *i != -1 && *i < min)
               return "must be " + description;
@@ -338,24 +344,24 @@ Rule int_minus_one_or_at_least(std::int64_t min) {
 }
 
 Rule float_greater_than(double min) {
-  return {"> " + format_double(min), [min](const Value& v) -> std::optional<std::string> {
+  return {"> " + format_bound(min), [min](const Value& v) -> std::optional<std::string> {
             if (const auto* d = std::get_if<double>(&v); d != nullptr && !(*d > min))
-              return "must be > " + format_double(min);
+              return "must be > " + format_bound(min);
             return std::nullopt;
           }};
 }
 
 Rule float_at_least(double min) {
-  return {">= " + format_double(min), [min](const Value& v) -> std::optional<std::string> {
+  return {">= " + format_bound(min), [min](const Value& v) -> std::optional<std::string> {
             if (const auto* d = std::get_if<double>(&v); d != nullptr && !(*d >= min))
-              return "must be >= " + format_double(min);
+              return "must be >= " + format_bound(min);
             return std::nullopt;
           }};
 }
 
 Rule float_in_half_open(double min, double max) {
-  const std::string description = "[" + format_double(min) + ", " + format_double(max) + ")";
-  return {">= " + format_double(min) + " and < " + format_double(max),
+  const std::string description = "[" + format_bound(min) + ", " + format_bound(max) + ")";
+  return {">= " + format_bound(min) + " and < " + format_bound(max),
           [min, max, description](const Value& v) -> std::optional<std::string> {
             if (const auto* d = std::get_if<double>(&v); d != nullptr && !(*d >= min && *d < max))
               return "must be in " + description;
@@ -463,13 +469,19 @@ Document::Document(const std::string& yaml_text, std::string source_name, const 
     if (auto* reason = std::get_if<std::string>(&converted)) fail(key.path, *reason);
     Value value = std::get<Value>(std::move(converted));
     if (key.rule) {
-      if (const auto reason = key.rule->test(value)) fail(key.path, *reason + ", got " + format_value(value));
+      if (const auto reason = key.rule->test(value)) {
+        // A number as written (0, not 0.0); other values as YAML shows them.
+        const bool number = std::holds_alternative<double>(value) || std::holds_alternative<std::int64_t>(value);
+        fail(key.path, *reason + ", got " + (number ? node->Scalar() : format_value(value)));
+      }
     }
     values_[key.path] = std::move(value);
   }
 
   YAML::Emitter emitter;
   emitter << root;
+  if (!emitter.good())
+    throw InputError(source_ + ": cannot write the configuration back as YAML (" + emitter.GetLastError() + ")");
   effective_text_ = std::string(emitter.c_str()) + "\n";
 }
 

@@ -252,7 +252,9 @@ TEST(CpuTrainKernels, AttentionForwardTrainMatchesCacheAttention) {
                            c.kv_heads, c.dim, capacity, slots});
     slearn::cpu::causal_attention({d.q.data(), k_cache.data(), v_cache.data(), out.data(), slot.data(),
                                    position.data(), tokens, c.heads, c.kv_heads, c.dim, capacity, c.scale()});
-    for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(d.out[i], out[i], 1e-6) << "tokens " << tokens << " [" << i << "]";
+    // The two sum q.k in different orders: scores of magnitude ~10 differ by an ulp (~1e-6), and so do outputs.
+    for (std::size_t i = 0; i < out.size(); ++i)
+      ASSERT_NEAR(d.out[i], out[i], 2e-6) << "tokens " << tokens << " [" << i << "]";
   }
 }
 

@@ -164,3 +164,34 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, LoraGolden, ::testing::Values("qwen2-gqa-tied
                          });
 
 }  // namespace
+
+namespace {
+
+// The other direction: an adapter written by slearn (configs/train-tiny.yaml), loaded by PEFT, gives the
+// logits PEFT computed (tests/fixtures/check_slearn_adapter.py --write-expect); slearn must give the same.
+TEST(LoraInterop, AdapterWrittenBySlearnGivesPeftsLogits) {
+  const fs::path dir = slearn::testing::fixtures_dir() / "lora" / "qwen2-gqa-tied";
+  std::ifstream in(dir / "slearn_adapter_peft_logits.jsonl");
+  ASSERT_TRUE(in) << "fixture missing";
+  auto backend = slearn::make_cpu_backend();
+  slearn::Model model = slearn::Model::load(slearn::testing::fixtures_dir() / "models" / "qwen2-gqa-tied", *backend);
+  const auto adapter = slearn::LoraAdapter::load(dir / "slearn_adapter", model.config(), *backend);
+  model.set_adapter(&adapter);
+  double worst = 0;
+  int prompts = 0;
+  for (std::string line; std::getline(in, line); ++prompts) {
+    const auto json = nlohmann::json::parse(line);
+    const auto ids = json.at("prompt_ids").get<std::vector<TokenId>>();
+    const auto want = json.at("logits").get<std::vector<std::vector<float>>>();
+    slearn::KVCache cache = model.make_cache(1, static_cast<std::int32_t>(ids.size()));
+    const slearn::SequenceChunk chunk{0, 0, static_cast<std::int32_t>(ids.size())};
+    const auto logits = model.forward(ids, std::span(&chunk, 1), cache, slearn::Model::Logits::AllTokens);
+    const std::size_t vocab = want.at(0).size();
+    for (std::size_t t = 0; t < want.size(); ++t)
+      for (std::size_t j = 0; j < vocab; ++j) worst = std::max(worst, std::abs(double(logits[t * vocab + j]) - want[t][j]));
+  }
+  EXPECT_EQ(prompts, 2);
+  EXPECT_LE(worst, 1e-4);
+}
+
+}  // namespace

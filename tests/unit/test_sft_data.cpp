@@ -247,7 +247,9 @@ TEST(SftDataExamples, TruncationAndDropping) {
     ASSERT_EQ(examples.size(), 1u);
     EXPECT_EQ(examples[0].tokens, std::vector<TokenId>(full.begin(), full.begin() + settings.max_length));
     expect_targets(examples[0], prompt.size(), train_on_prompt);
-    if (!train_on_prompt) EXPECT_EQ(examples[0].answer_tokens, 2);
+    if (!train_on_prompt) {
+      EXPECT_EQ(examples[0].answer_tokens, 2);
+    }
     EXPECT_EQ(stats.examples, 1);
     EXPECT_EQ(stats.truncated, 1);
     EXPECT_EQ(stats.dropped_no_answer, 0);
@@ -258,7 +260,9 @@ TEST(SftDataExamples, TruncationAndDropping) {
     examples = build_examples(records, tokenizer, ChatFormat::ChatML, settings, stats);
     ASSERT_EQ(examples.size(), 1u);
     expect_targets(examples[0], prompt.size(), train_on_prompt);
-    if (!train_on_prompt) EXPECT_EQ(examples[0].answer_tokens, 1);
+    if (!train_on_prompt) {
+      EXPECT_EQ(examples[0].answer_tokens, 1);
+    }
 
     // The prompt fills max_length: no answer token remains, the record is dropped (even with train_on_prompt).
     for (const std::size_t length : {prompt.size(), prompt.size() - 5}) {
@@ -321,7 +325,9 @@ TEST_P(SftDataFixture, MatchesHuggingFaceBatch) {
     truncated += batch.contains("truncated") && batch["truncated"][e].get<bool>();
     learned += examples[e].answer_tokens;
   }
-  if (batch.contains("truncated")) EXPECT_EQ(stats.truncated, truncated);
+  if (batch.contains("truncated")) {
+    EXPECT_EQ(stats.truncated, truncated);
+  }
   EXPECT_GE(stats.truncated, 1);  // the fixture cuts one example at max_length
   EXPECT_EQ(stats.dropped_no_answer, 0);
   EXPECT_EQ(stats.examples, static_cast<std::int64_t>(examples.size()));

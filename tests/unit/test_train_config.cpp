@@ -240,6 +240,9 @@ TEST(TrainConfig, ScalarForms) {
   EXPECT_EQ(e.data.path, "123");
   EXPECT_EQ(e.data.system_prompt, "");
   EXPECT_EQ(e.lora.r, 64);
+  const TrainConfig f =
+      parse_train_config(kMinimal + "lora:\n  target_modules:\n    - q_proj\n    - o_proj\n", "run.yaml");
+  EXPECT_EQ(f.lora.target_modules, (std::vector<std::string>{"q_proj", "o_proj"}));
 }
 
 TEST(TrainConfig, MissingRequiredKeys) {
@@ -273,9 +276,9 @@ struct RangeCase {
 TEST(TrainConfig, ValuesOutOfRange) {
   const std::vector<RangeCase> cases = {
       {"lora.r=0", "\"lora.r\" (--set lora.r=0) must be >= 1, got 0"},
-      {"lora.alpha=0", "\"lora.alpha\" (--set lora.alpha=0) must be > 0.0, got 0.0"},
-      {"lora.dropout=1", "\"lora.dropout\" (--set lora.dropout=1) must be in [0.0, 1.0), got 1.0"},
-      {"lora.dropout=-0.1", "\"lora.dropout\" (--set lora.dropout=-0.1) must be in [0.0, 1.0), got -0.1"},
+      {"lora.alpha=0", "\"lora.alpha\" (--set lora.alpha=0) must be > 0, got 0"},
+      {"lora.dropout=1", "\"lora.dropout\" (--set lora.dropout=1) must be in [0, 1), got 1"},
+      {"lora.dropout=-0.1", "\"lora.dropout\" (--set lora.dropout=-0.1) must be in [0, 1), got -0.1"},
       {"lora.target_modules=[]", "\"lora.target_modules\" (--set lora.target_modules=[]) must name at least one of "
                                  "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, got []"},
       {"lora.target_modules=[q_proj,qkv_proj]",
@@ -285,26 +288,26 @@ TEST(TrainConfig, ValuesOutOfRange) {
        "\"lora.target_modules\" (--set lora.target_modules=[v_proj,q_proj,v_proj]) names \"v_proj\" twice, got "
        "[v_proj, q_proj, v_proj]"},
       {"optimizer.learning_rate=-1e-4", "\"optimizer.learning_rate\" (--set optimizer.learning_rate=-1e-4) must be "
-                                        "> 0.0, got -0.0001"},
-      {"optimizer.weight_decay=-0.5", "\"optimizer.weight_decay\" (--set optimizer.weight_decay=-0.5) must be >= 0.0, "
+                                        "> 0, got -1e-4"},
+      {"optimizer.weight_decay=-0.5", "\"optimizer.weight_decay\" (--set optimizer.weight_decay=-0.5) must be >= 0, "
                                       "got -0.5"},
-      {"optimizer.adam_beta1=1", "\"optimizer.adam_beta1\" (--set optimizer.adam_beta1=1) must be in [0.0, 1.0), got 1.0"},
-      {"optimizer.adam_beta2=1.5", "\"optimizer.adam_beta2\" (--set optimizer.adam_beta2=1.5) must be in [0.0, 1.0), "
+      {"optimizer.adam_beta1=1", "\"optimizer.adam_beta1\" (--set optimizer.adam_beta1=1) must be in [0, 1), got 1"},
+      {"optimizer.adam_beta2=1.5", "\"optimizer.adam_beta2\" (--set optimizer.adam_beta2=1.5) must be in [0, 1), "
                                    "got 1.5"},
-      {"optimizer.adam_epsilon=0", "\"optimizer.adam_epsilon\" (--set optimizer.adam_epsilon=0) must be > 0.0, got 0.0"},
-      {"optimizer.max_grad_norm=-1", "\"optimizer.max_grad_norm\" (--set optimizer.max_grad_norm=-1) must be >= 0.0, "
-                                     "got -1.0"},
+      {"optimizer.adam_epsilon=0", "\"optimizer.adam_epsilon\" (--set optimizer.adam_epsilon=0) must be > 0, got 0"},
+      {"optimizer.max_grad_norm=-1", "\"optimizer.max_grad_norm\" (--set optimizer.max_grad_norm=-1) must be >= 0, "
+                                     "got -1"},
       {"optimizer.lr_schedule=step", "\"optimizer.lr_schedule\" (--set optimizer.lr_schedule=step) must be one of "
                                      "cosine, linear, constant, got \"step\""},
-      {"optimizer.warmup_ratio=1", "\"optimizer.warmup_ratio\" (--set optimizer.warmup_ratio=1) must be in [0.0, 1.0), "
-                                   "got 1.0"},
-      {"optimizer.warmup_steps=-2", "\"optimizer.warmup_steps\" (--set optimizer.warmup_steps=-2) must be -1 (off) or "
+      {"optimizer.warmup_ratio=1", "\"optimizer.warmup_ratio\" (--set optimizer.warmup_ratio=1) must be in [0, 1), "
+                                   "got 1"},
+      {"optimizer.warmup_steps=-2", "\"optimizer.warmup_steps\" (--set optimizer.warmup_steps=-2) must be -1 or "
                                     ">= 0, got -2"},
       {"train.epochs=0", "\"train.epochs\" (--set train.epochs=0) must be >= 1, got 0"},
       {"train.global_batch_size=0", "\"train.global_batch_size\" (--set train.global_batch_size=0) must be >= 1, got 0"},
       {"train.micro_batch_size=-4", "\"train.micro_batch_size\" (--set train.micro_batch_size=-4) must be >= 1, got -4"},
       {"train.seed=-1", "\"train.seed\" (--set train.seed=-1) must be >= 0, got -1"},
-      {"train.max_steps=0", "\"train.max_steps\" (--set train.max_steps=0) must be -1 (off) or >= 1, got 0"},
+      {"train.max_steps=0", "\"train.max_steps\" (--set train.max_steps=0) must be -1 or >= 1, got 0"},
       {"data.max_length=1", "\"data.max_length\" (--set data.max_length=1) must be >= 2, got 1"},
       {"data.chat_format=vicuna", "\"data.chat_format\" (--set data.chat_format=vicuna) must be one of auto, chatml, "
                                   "llama2, llama3, got \"vicuna\""},
@@ -348,6 +351,8 @@ TEST(TrainConfig, OverridesApplyBeforeChecks) {
   EXPECT_FALSE(d.threads.has_value());
   EXPECT_EQ(d.data.path, "b");
   EXPECT_EQ(d.data.system_prompt, "");
+  // An override fills an empty section.
+  EXPECT_EQ(parse_train_config("model: m\nrun_dir: r\ndata:\n", "run.yaml", {"data.path=x"}).data.path, "x");
 }
 
 TEST(TrainConfig, BadOverridesNameTheOverride) {
