@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
+#include <vector>
 
 namespace slearn {
 
@@ -17,9 +19,33 @@ class Communicator {
   // In place: every rank ends with the element-wise sum over all ranks.
   virtual void allreduce_sum(std::span<float> values) = 0;
   virtual void allreduce_sum(std::span<double> values) = 0;
+  virtual void allreduce_sum(std::span<std::int64_t> values) = 0;
+  // Every rank's values concatenated in rank order, on every rank (the counts may differ per rank).
+  virtual std::vector<std::int64_t> allgather(std::span<const std::int64_t> values) = 0;
+  // `text` from `root` replaces every other rank's.
+  virtual void broadcast(std::string& text, int root) = 0;
+  // The logical OR of `flag` over all ranks (used to agree on stopping).
+  virtual bool any(bool flag) = 0;
   virtual void barrier() = 0;
 };
 
 std::unique_ptr<Communicator> make_single_process_communicator();
+
+// MPI_COMM_WORLD (MPI must be initialised, see MpiSession); errors from MPI throw slearn::Error naming the
+// call, file and line.
+std::unique_ptr<Communicator> make_mpi_communicator();
+
+// Initialises MPI for the life of the object (MPI_Init_thread, MPI_THREAD_FUNNELED) and finalises it; when
+// MPI is already initialised it does nothing. MPI errors are returned (MPI_ERRORS_RETURN), never abort.
+class MpiSession {
+ public:
+  MpiSession(int* argc, char*** argv);
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+
+ private:
+  bool owns_ = false;
+};
 
 }  // namespace slearn

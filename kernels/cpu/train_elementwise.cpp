@@ -1,6 +1,6 @@
 // Backward of the row-wise and elementwise ops (RMSNorm, RoPE, SwiGLU). Like their forwards they are
 // memory-bound: OpenMP splits rows (or elements) across threads, each output element is computed by one
-// thread in a fixed order, so results do not depend on the thread count.
+// thread in a fixed order, so results do not depend on the thread count (nor on buffer alignment).
 #include <cmath>
 #include <string>
 
@@ -11,6 +11,7 @@ namespace slearn::cpu {
 namespace {
 // Below this many elements a parallel region costs more than the work it splits.
 constexpr std::int64_t kParallelThreshold = 1 << 15;
+constexpr std::int64_t kLanes = 16;
 }  // namespace
 
 // y_i = w_i x_i r with r = 1/sqrt(mean(x^2) + eps). With g_i = w_i dy_i:
@@ -21,19 +22,31 @@ void rms_norm_backward(const RmsNormBackwardParams& p) {
     const float* x = p.x + r * p.cols;
     const float* dy = p.dy + r * p.cols;
     float* dx = p.dx + r * p.cols;
-    float sum_squares = 0.0f;
-    float sum_gx = 0.0f;
-#pragma omp simd reduction(+ : sum_squares, sum_gx)
-    for (std::int64_t c = 0; c < p.cols; ++c) {
-      sum_squares += x[c] * x[c];
-      sum_gx += p.weight[c] * dy[c] * x[c];
+    // Both sums in kLanes fixed lanes, then the lanes in order: vectorised, yet the summation order does not
+    // depend on how the compiler peels or aligns the loop.
+    float squares[kLanes] = {}, products[kLanes] = {};
+    std::int64_t c = 0;
+    for (; c + kLanes <= p.cols; c += kLanes) {
+#pragma omp simd
+      for (std::int64_t l = 0; l < kLanes; ++l) {
+        squares[l] += x[c + l] * x[c + l];
+        products[l] += p.weight[c + l] * dy[c + l] * x[c + l];
+      }
+    }
+    for (std::int64_t l = 0; c < p.cols; ++c, ++l) {
+      squares[l] += x[c] * x[c];
+      products[l] += p.weight[c] * dy[c] * x[c];
+    }
+    float sum_squares = 0.0f, sum_gx = 0.0f;
+    for (std::int64_t l = 0; l < kLanes; ++l) {
+      sum_squares += squares[l];
+      sum_gx += products[l];
     }
     const float n = static_cast<float>(p.cols);
-    // The same inverse RMS as the forward computes.
     const float inv_rms = 1.0f / std::sqrt(sum_squares / n + p.eps);
     const float coeff = sum_gx * inv_rms * inv_rms * inv_rms / n;
 #pragma omp simd
-    for (std::int64_t c = 0; c < p.cols; ++c) dx[c] = inv_rms * p.weight[c] * dy[c] - coeff * x[c];
+    for (std::int64_t i = 0; i < p.cols; ++i) dx[i] = inv_rms * p.weight[i] * dy[i] - coeff * x[i];
   }
 }
 

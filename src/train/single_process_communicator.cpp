@@ -9,6 +9,12 @@ class SingleProcess final : public Communicator {
   int size() const override { return 1; }
   void allreduce_sum(std::span<float>) override {}
   void allreduce_sum(std::span<double>) override {}
+  void allreduce_sum(std::span<std::int64_t>) override {}
+  std::vector<std::int64_t> allgather(std::span<const std::int64_t> values) override {
+    return {values.begin(), values.end()};
+  }
+  void broadcast(std::string&, int) override {}
+  bool any(bool flag) override { return flag; }
   void barrier() override {}
 };
 

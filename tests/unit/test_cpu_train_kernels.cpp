@@ -78,7 +78,7 @@ DVec rms_norm_ref(const DVec& x, const Vec& w, std::int64_t rows, std::int64_t c
 }
 
 TEST(CpuTrainKernels, RmsNormBackwardMatchesFiniteDifferences) {
-  const std::int64_t rows = 4, cols = 48;
+  const std::int64_t rows = 4, cols = 50;  // not a multiple of the 16 summation lanes
   const float eps = 1e-6f;
   Vec x = random_vector(rows * cols, 1), w = random_vector(cols, 2), dy = random_vector(rows * cols, 3);
   for (std::int64_t c = 0; c < cols; ++c) x[c] *= 0.01f;  // a row with a tiny RMS, where eps matters
@@ -246,7 +246,10 @@ TEST(CpuTrainKernels, AttentionForwardTrainMatchesCacheAttention) {
     const std::int64_t capacity = *std::max_element(c.lengths.begin(), c.lengths.end());
     std::vector<std::int32_t> slot(tokens), position(tokens);
     for (std::int64_t s = 0; s < slots; ++s)
-      for (std::int64_t t = starts[s]; t < starts[s + 1]; ++t) slot[t] = std::int32_t(s), position[t] = std::int32_t(t - starts[s]);
+      for (std::int64_t t = starts[s]; t < starts[s + 1]; ++t) {
+        slot[t] = std::int32_t(s);
+        position[t] = std::int32_t(t - starts[s]);
+      }
     Vec k_cache(slots * capacity * c.kv_heads * c.dim), v_cache(k_cache.size()), out(d.q.size());
     slearn::cpu::kv_store({d.k.data(), d.v.data(), k_cache.data(), v_cache.data(), slot.data(), position.data(), tokens,
                            c.kv_heads, c.dim, capacity, slots});
@@ -267,7 +270,9 @@ TEST(CpuTrainKernels, AttentionIsBitIdenticalAcrossThreadCounts) {
   omp_set_num_threads(2);
   run_attention(c, two);
   omp_set_num_threads(saved);
-  auto same = [](const Vec& a, const Vec& b) { return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0; };
+  auto same = [](const Vec& a, const Vec& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  };
   EXPECT_TRUE(same(one.out, two.out));
   EXPECT_TRUE(same(one.lse, two.lse));
   EXPECT_TRUE(same(one.dq, two.dq));
