@@ -54,10 +54,12 @@ struct GenerationProgress {
   std::int64_t prompt_tokens = 0, generated_tokens = 0;
 };
 
-// Results come back in prompt order. `on_progress` (optional) is called after every step.
-std::vector<GenerationResult> generate(Model& model, const std::vector<std::vector<TokenId>>& prompts,
-                                       const GenerationOptions& options,
-                                       const std::function<void(const GenerationProgress&)>& on_progress = {});
+// Results come back in prompt order. `on_progress` (optional) is called after every step; `on_finished`
+// (optional) as soon as a sequence is done, with its prompt index, so a caller can write it out at once.
+std::vector<GenerationResult> generate(
+    Model& model, const std::vector<std::vector<TokenId>>& prompts, const GenerationOptions& options,
+    const std::function<void(const GenerationProgress&)>& on_progress = {},
+    const std::function<void(std::size_t, const GenerationResult&)>& on_finished = {});
 
 // The next token from one row of logits. Applies temperature, then top-k, then top-p (as Hugging Face's
 // warpers do), then draws from the softmax with `rng`; greedy when temperature is 0.

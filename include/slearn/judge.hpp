@@ -3,6 +3,7 @@
 // or rules where they can decide and the model elsewhere (kind cascade).
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>

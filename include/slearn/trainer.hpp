@@ -22,6 +22,7 @@ struct TrainRunOptions {
   bool force = false;                       // ignore checkpoints of another run in run_dir and start over
   std::optional<std::int64_t> stop_at_step;  // checkpoint and return once this many steps are done
   bool show_progress = true;                // a progress bar on a terminal, log lines otherwise
+  std::string initial_adapter;              // start from this PEFT adapter instead of a fresh one (later rounds)
 };
 
 struct TrainResult {

@@ -14,5 +14,6 @@ Command add_generate_command(CLI::App& app);
 Command add_tokenize_command(CLI::App& app);
 Command add_train_command(CLI::App& app);
 Command add_merge_command(CLI::App& app);
+Command add_run_command(CLI::App& app);
 
 }  // namespace slearn::cli

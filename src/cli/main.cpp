@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   add(slearn::cli::add_tokenize_command);
   add(slearn::cli::add_train_command);
   add(slearn::cli::add_merge_command);
+  add(slearn::cli::add_run_command);
 
   try {
     app.parse(argc, argv);

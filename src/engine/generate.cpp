@@ -37,7 +37,8 @@ struct Active {
 
 std::vector<GenerationResult> generate(Model& model, const std::vector<std::vector<TokenId>>& prompts,
                                        const GenerationOptions& options,
-                                       const std::function<void(const GenerationProgress&)>& on_progress) {
+                                       const std::function<void(const GenerationProgress&)>& on_progress,
+                                       const std::function<void(std::size_t, const GenerationResult&)>& on_finished) {
   if (options.batch_size <= 0) throw InputError("batch size must be at least 1");
   if (options.max_new_tokens <= 0) throw InputError("max_new_tokens must be at least 1");
   const std::int64_t context = model.config().context_length();
@@ -114,6 +115,7 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
       if (done) {
         free_slots.push_back(a.slot);
         ++progress.finished;
+        if (on_finished) on_finished(a.index, result);
       } else {
         a.pending.assign(1, token);
         still_running.push_back(std::move(a));

@@ -117,10 +117,12 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   const std::string model_fingerprint = fingerprint_text(
       fingerprint_model(config.model) + (fs::exists(tokenizer_file) ? fingerprint_file(tokenizer_file) : ""));
   const std::string fingerprint = "model:" + model_fingerprint + " data:" + data_fingerprint +
-                                  " config:" + fingerprint_text(shaping_settings(config));
+                                  " config:" + fingerprint_text(shaping_settings(config) + options.initial_adapter);
 
   Backend& backend = model.backend();
-  LoraAdapter adapter = LoraAdapter::initialize(model.config(), config.lora, tc.seed, backend);
+  LoraAdapter adapter = options.initial_adapter.empty()
+                            ? LoraAdapter::initialize(model.config(), config.lora, tc.seed, backend)
+                            : LoraAdapter::load(options.initial_adapter, model.config(), backend);
   std::vector<Tensor*> parameters;
   std::vector<std::string> keys;
   for (auto& p : adapter.parameters()) {

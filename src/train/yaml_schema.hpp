@@ -14,6 +14,8 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -88,5 +90,102 @@ class Document {
 
 // Markdown table of the schema: key, type, default, accepted values, meaning.
 std::string reference_table(const Schema& schema);
+
+// ---- Binding keys to the members of a configuration struct ----
+// A table of Field<Config> ties each key to a member: the key's type follows from the member's type, its
+// documented default is the member of a default Config, and apply() sets the members of the keys a
+// Document holds. A section struct's table (Fields<LoraSettings>) can be placed under a prefix inside any
+// configuration that holds that struct (add_section), so two configurations share one table of a section.
+
+// The Kind of a member type: std::string, bool, std::int32_t, std::int64_t, std::uint64_t, double,
+// std::vector<std::string>, std::optional<int>.
+template <class T>
+constexpr Kind kind_for_member() {
+  if constexpr (std::is_same_v<T, std::string>) return Kind::String;
+  else if constexpr (std::is_same_v<T, bool>) return Kind::Bool;
+  else if constexpr (std::is_same_v<T, std::int32_t> || std::is_same_v<T, std::int64_t> ||
+                     std::is_same_v<T, std::uint64_t>)
+    return Kind::Int;
+  else if constexpr (std::is_same_v<T, double>) return Kind::Float;
+  else if constexpr (std::is_same_v<T, std::vector<std::string>>) return Kind::StringList;
+  else {
+    static_assert(std::is_same_v<T, std::optional<int>>, "unsupported member type");
+    return Kind::OptionalInt;
+  }
+}
+
+template <class T>
+Value value_of_member(const T& member) {
+  if constexpr (std::is_same_v<T, std::int32_t> || std::is_same_v<T, std::uint64_t>)
+    return Value(static_cast<std::int64_t>(member));
+  else if constexpr (std::is_same_v<T, std::optional<int>>)
+    return member ? Value(static_cast<std::int64_t>(*member)) : Value(std::monostate{});
+  else return Value(member);
+}
+
+// The key's rule must keep the value in range of the member's type (>= 0 for unsigned, int32 bounds).
+template <class T>
+T member_of_value(const Value& value) {
+  if constexpr (std::is_same_v<T, std::int32_t> || std::is_same_v<T, std::uint64_t>)
+    return static_cast<T>(std::get<std::int64_t>(value));
+  else if constexpr (std::is_same_v<T, std::optional<int>>) {
+    if (std::holds_alternative<std::monostate>(value)) return std::nullopt;
+    return static_cast<int>(std::get<std::int64_t>(value));
+  } else return std::get<T>(value);
+}
+
+template <class Config>
+struct Field {
+  Key key;
+  std::function<Value(const Config&)> get;
+  std::function<void(Config&, const Value&)> set;
+};
+
+template <class Config>
+using Fields = std::vector<Field<Config>>;
+
+// The key `path` bound to `config.*member`; its default is that member of a default-constructed Config.
+template <class Config, class T>
+Field<Config> field(std::string path, T Config::*member, std::optional<Rule> rule, std::string meaning,
+                    bool required = false) {
+  Field<Config> out;
+  out.key = {std::move(path), kind_for_member<T>(), required, value_of_member<T>(Config{}.*member),
+             std::move(rule), std::move(meaning)};
+  out.get = [member](const Config& config) { return value_of_member<T>(config.*member); };
+  out.set = [member](Config& config, const Value& value) { config.*member = member_of_value<T>(value); };
+  return out;
+}
+
+// Appends the fields of a section struct, their paths under `prefix` ("lora", "eval.data"), bound to
+// `config.*member`. Defaults are those of a default Config's member (which may differ from Section{}).
+template <class Config, class Section>
+void add_section(Fields<Config>& table, const std::string& prefix, Section Config::*member,
+                 const Fields<Section>& section_fields) {
+  const Config defaults{};
+  for (const Field<Section>& inner : section_fields) {
+    Field<Config> out;
+    out.key = inner.key;
+    out.key.path = prefix + "." + inner.key.path;
+    out.key.default_value = inner.get(defaults.*member);
+    out.get = [member, get = inner.get](const Config& config) { return get(config.*member); };
+    out.set = [member, set = inner.set](Config& config, const Value& value) { set(config.*member, value); };
+    table.push_back(std::move(out));
+  }
+}
+
+template <class Config>
+Schema schema_of(const Fields<Config>& table) {
+  Schema out;
+  out.reserve(table.size());
+  for (const Field<Config>& f : table) out.push_back(f.key);
+  return out;
+}
+
+// Sets the members of the keys `document` holds; the others keep their values.
+template <class Config>
+void apply(const Document& document, const Fields<Config>& table, Config& config) {
+  for (const Field<Config>& f : table)
+    if (document.has(f.key.path)) f.set(config, document.value(f.key.path));
+}
 
 }  // namespace slearn::yaml_schema

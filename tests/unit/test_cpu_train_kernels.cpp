@@ -233,8 +233,9 @@ TEST(CpuTrainKernels, AttentionBackwardMatchesFiniteDifferencesDim16WithEmptySeq
 }
 
 TEST(CpuTrainKernels, AttentionBackwardMatchesFiniteDifferencesParallelShape) {
-  // Large enough to take the OpenMP path; a random sample of elements.
-  check_attention({{37, 100, 63}, 4, 2, 16, 30}, 40);
+  // Large enough to take the OpenMP path and span several 16-row tiles (one sequence exactly two);
+  // head_dim 24 is one 16-wide slice plus a tail. A random sample of elements.
+  check_attention({{37, 100, 32, 63}, 4, 2, 24, 30}, 40);
 }
 
 TEST(CpuTrainKernels, AttentionForwardTrainMatchesCacheAttention) {

@@ -94,7 +94,7 @@ TEST_F(SftData, ConfiguredFieldNames) {
     ADD_FAILURE() << "no error";
   } catch (const InputError& e) {
     EXPECT_EQ(std::string(e.what()),
-              settings.path + ":1: missing question field \"question\" (data.question_field)");
+              settings.path + ":1: missing question field \"question\" (question_field)");
   }
 }
 
@@ -102,15 +102,20 @@ TEST_F(SftData, ErrorsNameFileAndLine) {
   const std::string ok = "{\"question\": \"q\", \"answer\": \"a\"}\n";
   EXPECT_EQ(error(ok + "{\"question\": \"q\", \"answer\": }\n").rfind(":2: invalid JSON (", 0), 0u);
   EXPECT_EQ(error(ok + ok + "{\"question\": \"q\", \"answer\": \"a\"} x\n").rfind(":3: invalid JSON (", 0), 0u);
+  const std::string not_utf8 =
+      "; the data file is not UTF-8 text (convert one in another encoding, such as GB18030/GBK or Latin-1, to UTF-8, "
+      "e.g. with iconv -f GB18030 -t UTF-8)";
   EXPECT_EQ(error(ok + "{\"question\": \"q\xff\", \"answer\": \"a\"}\n"),
-            ":2: invalid UTF-8 (byte 0xFF at column 16)");
-  EXPECT_EQ(error("{\"question\": \"\xC3\", \"answer\": \"a\"}\n"), ":1: invalid UTF-8 (byte 0xC3 at column 15)");
+            ":2: invalid UTF-8 (byte 0xFF at column 16, byte offset 49 in the file)" + not_utf8);
+  EXPECT_EQ(error("{\"question\": \"\xC3\", \"answer\": \"a\"}\n"),
+            ":1: invalid UTF-8 (byte 0xC3 at column 15, byte offset 14 in the file)" + not_utf8);
   EXPECT_EQ(error("{\"question\": \"\xED\xA0\x80\", \"answer\": \"a\"}\n"),  // a UTF-16 surrogate
-            ":1: invalid UTF-8 (byte 0xED at column 15)");
-  EXPECT_EQ(error("[1, 2]\n"), ":1: expected a JSON object, got an array");
+            ":1: invalid UTF-8 (byte 0xED at column 15, byte offset 14 in the file)" + not_utf8);
+  EXPECT_EQ(error(ok + "[1, 2]\n"), ":2: expected a JSON object, got an array");
+  EXPECT_EQ(error("[1, 2]\n"), ":1: array element 1: expected a JSON object, got a number");  // a JSON array
   EXPECT_EQ(error("\"text\"\n"), ":1: expected a JSON object, got a string");
-  EXPECT_EQ(error(ok + "{\"answer\": \"a\"}\n"), ":2: missing question field \"question\" (data.question_field)");
-  EXPECT_EQ(error("{\"question\": \"q\"}\n"), ":1: missing answer field \"answer\" (data.answer_field)");
+  EXPECT_EQ(error(ok + "{\"answer\": \"a\"}\n"), ":2: missing question field \"question\" (question_field)");
+  EXPECT_EQ(error("{\"question\": \"q\"}\n"), ":1: missing answer field \"answer\" (answer_field)");
   EXPECT_EQ(error("{\"question\": 5, \"answer\": \"a\"}\n"), ":1: question field \"question\" must be a string, got a number");
   EXPECT_EQ(error("{\"question\": \"q\", \"answer\": null}\n"),
             ":1: answer field \"answer\" must be a string, got null");
@@ -124,9 +129,9 @@ TEST_F(SftData, ErrorsNameFileAndLine) {
   EXPECT_EQ(error("{\"id\": \"\", \"question\": \"q\", \"answer\": \"a\"}\n"), ":1: id field \"id\" is empty");
   EXPECT_EQ(error("{\"id\": \"x\", \"question\": \"q\", \"answer\": \"a\"}\n" + ok +
                   "{\"id\": \"x\", \"question\": \"q2\", \"answer\": \"a2\"}\n"),
-            ":3: duplicate id \"x\" (also on line 1)");
+            ":3: duplicate id \"x\" (also line 1)");
   // An explicit id may collide with another record's line number.
-  EXPECT_EQ(error(ok + "{\"id\": 1, \"question\": \"q\", \"answer\": \"a\"}\n"), ":2: duplicate id \"1\" (also on line 1)");
+  EXPECT_EQ(error(ok + "{\"id\": 1, \"question\": \"q\", \"answer\": \"a\"}\n"), ":2: duplicate id \"1\" (also line 1)");
   EXPECT_EQ(error("\n  \n"), ": the data file holds no records");
 }
 
@@ -138,7 +143,7 @@ TEST_F(SftData, MissingFile) {
     ADD_FAILURE() << "no error";
   } catch (const InputError& e) {
     EXPECT_EQ(std::string(e.what()),
-              settings.path + ": the data file does not exist (data.path is relative to the working directory)");
+              settings.path + ": the data file does not exist");  // an absolute path: no working-directory hint
   }
   settings.path = dir_.string();
   EXPECT_THROW(load_qa_records(settings), InputError);

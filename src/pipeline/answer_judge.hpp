@@ -1,0 +1,43 @@
+// One pass of "answer, then judge" over a set of records, the work split over the ranks. Used for the
+// self-learning rounds and for evaluation.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <vector>
+
+#include "slearn/chat_format.hpp"
+#include "slearn/communicator.hpp"
+#include "slearn/dataset.hpp"
+#include "slearn/model.hpp"
+#include "slearn/run_config.hpp"
+#include "slearn/tokenizer.hpp"
+
+namespace slearn {
+
+struct Judge {
+  JudgeSettings settings;
+  Model* model = nullptr;  // the grading model (self: the answering model); null for kind rule
+  const Tokenizer* tokenizer = nullptr;
+  ChatFormat format = ChatFormat::ChatML;
+};
+
+struct PassResult {
+  std::vector<bool> incorrect;  // per record, identical on every rank (gathered with a collective)
+  std::int64_t incorrect_count = 0;
+  std::int64_t unparsed = 0;       // judge replies without a verdict (counted as incorrect)
+  std::int64_t judged_by_rule = 0, judged_by_model = 0;
+  double answer_seconds = 0, judge_seconds = 0;
+};
+
+// Which rank answers which record: the longest prompts first, each to the rank with the fewest prompt
+// tokens so far (ties to the lower rank). Identical on every rank.
+std::vector<int> assign_by_prompt_length(const std::vector<std::int64_t>& prompt_tokens, int ranks);
+
+// Answers the records that `dir` has no answer for yet (this rank's share), judges those not yet judged,
+// gathers the incorrect ones on every rank, and has rank 0 merge answers.jsonl and judgements.jsonl.
+PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& model, const Tokenizer& tokenizer,
+                            ChatFormat format, const Judge& judge, const std::vector<DatasetRecord>& records,
+                            const std::filesystem::path& dir, const std::string& label);
+
+}  // namespace slearn

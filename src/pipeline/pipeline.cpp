@@ -1,0 +1,221 @@
+#include "slearn/pipeline.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include "pipeline/answer_judge.hpp"
+#include "pipeline/progress.hpp"
+#include "pipeline/stage_files.hpp"
+#include "slearn/backend.hpp"
+#include "slearn/checkpoint.hpp"
+#include "slearn/error.hpp"
+#include "slearn/lora.hpp"
+#include "slearn/model.hpp"
+#include "slearn/sft_data.hpp"
+#include "slearn/threads.hpp"
+#include "slearn/trainer.hpp"
+
+namespace slearn {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+ChatFormat chat_format_for(const std::string& name, const Model& model, const Tokenizer& tokenizer) {
+  return name == "auto" ? default_chat_format(model.config().model_type, tokenizer) : chat_format_from_name(name);
+}
+
+// A run directory belongs to one configuration, model and data set: refuse another unless forced.
+void claim_run_dir(const RunConfig& config, Communicator& comm, const PipelineOptions& options) {
+  const fs::path marker = fs::path(config.run_dir) / "run.json";
+  const std::string fingerprint = "model:" + fingerprint_model(config.model) + " data:" +
+                                  fingerprint_file(config.data.path) + " config:" + fingerprint_text(config.source_text);
+  if (fs::exists(marker) && !options.force) {
+    std::ifstream in(marker);
+    const auto json = nlohmann::json::parse(in, nullptr, false);
+    const std::string previous = json.is_object() ? json.value("fingerprint", "") : "";
+    if (previous != fingerprint) {
+      std::string what;
+      for (const char* part : {"model", "data", "config"}) {
+        auto piece = [&](const std::string& f) {
+          const auto at = f.find(std::string(part) + ":");
+          return at == std::string::npos ? std::string() : f.substr(at, f.find(' ', at) - at);
+        };
+        if (piece(previous) != piece(fingerprint)) what += std::string(what.empty() ? "" : ", ") + part;
+      }
+      throw InputError(config.run_dir + " was started with another " + (what.empty() ? "run" : what) +
+                       " (fingerprint differs); use a new run_dir or pass --force to start over");
+    }
+  }
+  comm.barrier();
+  if (comm.rank() == 0) {
+    if (options.force && fs::exists(config.run_dir)) {
+      for (const auto& entry : fs::directory_iterator(config.run_dir)) fs::remove_all(entry.path());
+    }
+    fs::create_directories(config.run_dir);
+    write_file_atomically(marker, nlohmann::json{{"fingerprint", fingerprint}}.dump(2) + "\n");
+    write_file_atomically(fs::path(config.run_dir) / "run_config.yaml", config.source_text);
+  }
+  comm.barrier();
+}
+
+std::vector<QaRecord> qa_records(const std::vector<DatasetRecord>& records) {
+  std::vector<QaRecord> out;
+  for (const auto& r : records) out.push_back({r.id, r.question, r.answer});
+  return out;
+}
+
+std::string table(const PipelineSummary& s, const std::vector<StageTime>& stages) {
+  std::ostringstream out;
+  char line[160];
+  out << "\n";
+  std::snprintf(line, sizeof line, "%-22s %12s\n", "records", std::to_string(s.records).c_str());
+  out << line;
+  std::snprintf(line, sizeof line, "%-22s %12lld (%.1f%%)\n", "incorrect", static_cast<long long>(s.incorrect),
+                100.0 * s.incorrect_rate);
+  out << line;
+  std::snprintf(line, sizeof line, "%-22s %12lld\n", "trained on", static_cast<long long>(s.trained_on));
+  out << line;
+  for (const auto& st : stages) {
+    std::snprintf(line, sizeof line, "%-22s %10.1f s %10.4f device-hours\n", ("time: " + st.stage).c_str(), st.seconds,
+                  st.device_hours);
+    out << line;
+  }
+  auto pct = [](std::optional<double> v) { return v ? std::to_string(100.0 * *v).substr(0, 5) + "%" : std::string("-"); };
+  std::snprintf(line, sizeof line, "%-22s %12s\n", "accuracy before", pct(s.accuracy_before).c_str());
+  out << line;
+  std::snprintf(line, sizeof line, "%-22s %12s\n", "accuracy after", pct(s.accuracy_after).c_str());
+  out << line;
+  return out.str();
+}
+
+}  // namespace
+
+PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const PipelineOptions& options) {
+  const int world = comm.size();
+  apply_thread_plan(plan_threads(config.threads));
+  claim_run_dir(config, comm, options);
+  const fs::path run_dir(config.run_dir);
+
+  auto backend = make_backend(config.backend);
+  Model model = Model::load(config.model, *backend);
+  const Tokenizer tokenizer = Tokenizer::from_dir(config.model);
+  const ChatFormat format = chat_format_for(config.answer.chat_format, model, tokenizer);
+
+  const Dataset data = load_dataset(config.data);
+  std::optional<Dataset> eval;
+  if (!config.eval.data.path.empty()) eval = load_dataset(config.eval.data);
+
+  // The grading model: the answering model itself (self), another model (model, cascade with judge.model).
+  std::optional<Model> judge_model;
+  std::optional<Tokenizer> judge_tokenizer;
+  Judge judge{config.judge, nullptr, nullptr, format};
+  if (config.judge.kind == "self" || (config.judge.kind == "cascade" && config.judge.model.empty())) {
+    judge.model = &model;
+    judge.tokenizer = &tokenizer;
+  } else if (config.judge.kind == "model" || config.judge.kind == "cascade") {
+    judge_model.emplace(Model::load(config.judge.model, *backend));
+    judge_tokenizer.emplace(Tokenizer::from_dir(config.judge.model));
+    judge.model = &*judge_model;
+    judge.tokenizer = &*judge_tokenizer;
+    judge.format = default_chat_format(judge_model->config().model_type, *judge_tokenizer);
+  }
+
+  PipelineSummary summary;
+  summary.world_size = world;
+  summary.records = static_cast<std::int64_t>(data.records.size());
+  summary.bad_records = static_cast<std::int64_t>(data.bad.size());
+  std::map<std::string, double> seconds;
+  auto evaluate = [&](const std::string& name) -> double {
+    const PassResult pass = answer_and_judge(config, comm, model, tokenizer, format, judge, eval->records,
+                                             run_dir / ("eval-" + name), "eval " + name);
+    seconds["eval"] += pass.answer_seconds + pass.judge_seconds;
+    return 1.0 - static_cast<double>(pass.incorrect_count) / static_cast<double>(eval->records.size());
+  };
+  if (eval && config.eval.before) summary.accuracy_before = evaluate("before");
+
+  std::vector<DatasetRecord> pending = data.records;  // round r answers what round r-1 got wrong
+  std::optional<LoraAdapter> adapter;
+  std::string adapter_dir;
+  for (std::int64_t round = 1; round <= config.rounds && !pending.empty(); ++round) {
+    const fs::path dir = round == 1 ? run_dir : run_dir / ("round-" + std::to_string(round));
+    const std::string label = config.rounds > 1 ? "round " + std::to_string(round) : "";
+    model.set_adapter(adapter ? &*adapter : nullptr);
+    const PassResult pass = answer_and_judge(config, comm, model, tokenizer, format, judge, pending, dir,
+                                             label.empty() ? "" : label + " ");
+    seconds["answer"] += pass.answer_seconds;
+    seconds["judge"] += pass.judge_seconds;
+    std::vector<DatasetRecord> wrong;
+    for (std::size_t i = 0; i < pending.size(); ++i)
+      if (pass.incorrect[i]) wrong.push_back(pending[i]);
+    if (round == 1) {
+      summary.incorrect = static_cast<std::int64_t>(wrong.size());
+      summary.incorrect_rate = static_cast<double>(wrong.size()) / static_cast<double>(std::max<std::size_t>(1, pending.size()));
+    }
+    if (comm.rank() == 0) {
+      std::ostringstream out;
+      for (const auto& r : wrong) out << r.original.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+      write_file_atomically(dir / "incorrect.jsonl", out.str());
+    }
+    log_line(comm, (label.empty() ? std::string() : label + ": ") + std::to_string(wrong.size()) + " of " +
+                       std::to_string(pending.size()) + " answered incorrectly (" + std::to_string(pass.judged_by_rule) +
+                       " judged by rule, " + std::to_string(pass.judged_by_model) + " by model, " +
+                       std::to_string(pass.unparsed) + " unparseable judge replies counted as incorrect)");
+
+    const std::vector<DatasetRecord>& selected = config.train_on == "all" ? pending : wrong;
+    if (round == 1) summary.trained_on = static_cast<std::int64_t>(selected.size());
+    if (selected.empty()) break;
+    const auto train_start = Clock::now();
+    TrainConfig train_config = to_train_config(config, dir.string());
+    ExampleStats stats;
+    const auto examples = build_examples(qa_records(selected), tokenizer, format, train_config.data, stats);
+    std::ostringstream ids;
+    for (const auto& r : selected) ids << r.id << '\n';
+    TrainRunOptions train_options;
+    train_options.show_progress = options.show_progress;
+    train_options.initial_adapter = adapter_dir;
+    model.set_adapter(nullptr);
+    train_lora_on_examples(model, examples, fingerprint_text(ids.str()), train_config, comm, train_options);
+    seconds["train"] += std::chrono::duration<double>(Clock::now() - train_start).count();
+    adapter_dir = (dir / "adapter").string();
+    adapter.emplace(LoraAdapter::load(adapter_dir, model.config(), *backend));
+    pending = wrong;
+  }
+  if (comm.rank() == 0 && !adapter_dir.empty() && fs::path(adapter_dir) != run_dir / "adapter") {
+    fs::remove_all(run_dir / "adapter");
+    fs::copy(adapter_dir, run_dir / "adapter", fs::copy_options::recursive);
+  }
+  model.set_adapter(adapter ? &*adapter : nullptr);
+  if (eval && config.eval.after && adapter) summary.accuracy_after = evaluate("after");
+
+  for (const char* stage : {"answer", "judge", "train", "eval"})
+    if (seconds.count(stage)) summary.stages.push_back({stage, seconds[stage], world * seconds[stage] / 3600.0});
+  if (comm.rank() == 0) {
+    nlohmann::json stages = nlohmann::json::object();
+    for (const auto& st : summary.stages) stages[st.stage] = {{"wall_seconds", st.seconds}, {"device_hours", st.device_hours}};
+    auto optional_number = [](std::optional<double> v) { return v ? nlohmann::json(*v) : nlohmann::json(); };
+    nlohmann::json json{{"records", summary.records},
+                        {"bad_records", summary.bad_records},
+                        {"incorrect", summary.incorrect},
+                        {"incorrect_rate", summary.incorrect_rate},
+                        {"trained_on", summary.trained_on},
+                        {"train_on", config.train_on},
+                        {"rounds", config.rounds},
+                        {"world_size", world},
+                        {"stages", stages},
+                        {"accuracy_before", optional_number(summary.accuracy_before)},
+                        {"accuracy_after", optional_number(summary.accuracy_after)},
+                        {"eval_records", eval ? static_cast<std::int64_t>(eval->records.size()) : 0}};
+    write_file_atomically(run_dir / "summary.json", json.dump(2) + "\n");
+    std::printf("%s", table(summary, summary.stages).c_str());
+    std::fflush(stdout);
+  }
+  comm.barrier();
+  return summary;
+}
+
+}  // namespace slearn

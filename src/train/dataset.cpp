@@ -1,0 +1,499 @@
+// Domain SFT data sets (include/slearn/dataset.hpp).
+//
+// The file is read whole. A walker cuts it into record texts (the lines of JSONL, or the elements of a JSON
+// array, found by a scan that tracks strings and nesting without parsing), and each text is then checked on
+// its own: UTF-8, JSON, an object, the fields of the format, the id. A record that fails gets a reason; the
+// reason is thrown (on_bad_record: error) or kept in Dataset::bad (skip). Damage to the array itself (it is
+// never closed, or text follows it) cannot be skipped and is always an error.
+#include "slearn/dataset.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <string_view>
+#include <unordered_map>
+
+#include "slearn/error.hpp"
+#include "tokenizer/unicode.hpp"
+
+namespace slearn {
+namespace {
+
+using nlohmann::json;
+
+enum class Format { Auto, Qa, Alpaca, ShareGpt };
+
+const char* format_name(Format format) {
+  switch (format) {
+    case Format::Qa: return "qa";
+    case Format::Alpaca: return "alpaca";
+    case Format::ShareGpt: return "sharegpt";
+    case Format::Auto: break;
+  }
+  return "auto";
+}
+
+// One record's text as the walker found it.
+struct RawRecord {
+  std::size_t number = 0;     // 1-based line (JSONL) or array element
+  std::size_t file_line = 0;  // the line of the file where the text starts
+  std::size_t offset = 0;     // byte offset in the file of the text's first byte
+  std::string_view text;
+};
+
+// Returns false to stop the walk.
+using RecordHandler = std::function<bool(const RawRecord&)>;
+
+bool is_json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+// Offset of the first byte that is not part of well-formed UTF-8 (no overlong forms, no surrogates), or nothing.
+std::optional<std::size_t> first_invalid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  const std::size_t n = s.size();
+  while (i < n) {
+    // ASCII runs are most of English text: skip them eight bytes at a time.
+    while (i + 8 <= n) {
+      std::uint64_t word;
+      std::memcpy(&word, s.data() + i, 8);
+      if (word & 0x8080808080808080ull) break;
+      i += 8;
+    }
+    if (i >= n) break;
+    const auto b0 = static_cast<unsigned char>(s[i]);
+    if (b0 < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t length = 0;
+    char32_t cp = 0;
+    char32_t min = 0;
+    if (b0 >= 0xC2 && b0 <= 0xDF) {
+      length = 2, cp = b0 & 0x1Fu, min = 0x80;
+    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+      length = 3, cp = b0 & 0x0Fu, min = 0x800;
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+      length = 4, cp = b0 & 0x07u, min = 0x10000;
+    } else {
+      return i;
+    }
+    if (i + length > n) return i;
+    for (std::size_t k = 1; k < length; ++k) {
+      const auto b = static_cast<unsigned char>(s[i + k]);
+      if ((b & 0xC0u) != 0x80u) return i;
+      cp = (cp << 6) | (b & 0x3Fu);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += length;
+  }
+  return std::nullopt;
+}
+
+// True when the (valid UTF-8) text holds nothing but Unicode white space.
+bool is_blank(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    if (!tok::is_unicode_whitespace(tok::next_codepoint(text, i))) return false;
+  }
+  return true;
+}
+
+std::string json_kind(const json& value) {
+  if (value.is_null()) return "null";
+  if (value.is_boolean()) return "a boolean";
+  if (value.is_number()) return "a number";
+  if (value.is_array()) return "an array";
+  if (value.is_object()) return "an object";
+  return "a string";
+}
+
+std::string hex_byte(unsigned char b) {
+  static const char* const digits = "0123456789ABCDEF";
+  return std::string("0x") + digits[b >> 4] + digits[b & 0xF];
+}
+
+const std::string kNotUtf8Hint =
+    "; the data file is not UTF-8 text (convert one in another encoding, such as GB18030/GBK or Latin-1, to UTF-8, "
+    "e.g. with iconv -f GB18030 -t UTF-8)";
+
+class Reader {
+ public:
+  explicit Reader(const DatasetSettings& settings) : settings_(settings), path_(settings.path) {}
+
+  Dataset read() {
+    check_settings();
+    load_file();
+    std::string_view content(text_);
+    content.remove_prefix(content_start_);
+    const std::size_t first = content.find_first_not_of(" \t\n\r");
+    array_ = first != std::string_view::npos && content[first] == '[';
+    const RecordHandler handle = [this](const RawRecord& record) { return this->handle(record); };
+    if (array_) {
+      walk_array(handle);
+    } else {
+      walk_lines(handle);
+    }
+    if (dataset_.records.empty()) {
+      if (dataset_.bad.empty()) throw InputError(path_ + ": the data file holds no records");
+      const BadRecord& first_bad = dataset_.bad.front();
+      std::string message = path_ + ": no usable records: all " + std::to_string(dataset_.bad.size()) +
+                            (dataset_.bad.size() == 1 ? " was" : " were") + " bad (first: " +
+                            (array_ ? "array element " : "line ") + std::to_string(first_bad.line) + ": " +
+                            first_bad.reason + ")";
+      if (first_bad.reason.rfind("invalid UTF-8", 0) == 0) message += kNotUtf8Hint;
+      throw InputError(message);
+    }
+    dataset_.format = format_name(format_);
+    return std::move(dataset_);
+  }
+
+ private:
+  void check_settings() {
+    const std::string& f = settings_.format;
+    if (f == "auto") {
+      format_ = Format::Auto;
+    } else if (f == "qa") {
+      format_ = Format::Qa;
+    } else if (f == "alpaca") {
+      format_ = Format::Alpaca;
+    } else if (f == "sharegpt") {
+      format_ = Format::ShareGpt;
+    } else {
+      throw InputError("unknown data set format \"" + f + "\" (expected auto, qa, alpaca or sharegpt)");
+    }
+    if (settings_.on_bad_record == "skip") {
+      skip_ = true;
+    } else if (settings_.on_bad_record != "error") {
+      throw InputError("unknown on_bad_record \"" + settings_.on_bad_record + "\" (expected error or skip)");
+    }
+    if (settings_.max_records == 0 || settings_.max_records < -1)
+      throw InputError("max_records must be positive, or -1 for all records, got " +
+                       std::to_string(settings_.max_records));
+    const std::pair<const char*, const std::string*> required[] = {
+        {"question_field", &settings_.question_field},       {"answer_field", &settings_.answer_field},
+        {"instruction_field", &settings_.instruction_field}, {"output_field", &settings_.output_field},
+        {"conversations_field", &settings_.conversations_field}};
+    for (const auto& [key, value] : required)
+      if (value->empty()) throw InputError(std::string(key) + " must not be empty");
+    if (path_.empty()) throw InputError("the data set path is empty");
+  }
+
+  void load_file() {
+    std::error_code error;
+    if (!std::filesystem::exists(path_, error)) {
+      std::string message = path_ + ": the data file does not exist";
+      if (std::filesystem::path(path_).is_relative()) {
+        const auto cwd = std::filesystem::current_path(error);
+        message += " (a relative path is relative to the working directory" +
+                   (error ? std::string() : ", " + cwd.string()) + ")";
+      }
+      throw InputError(message);
+    }
+    if (!std::filesystem::is_regular_file(path_, error)) throw InputError(path_ + ": the data file is not a regular file");
+    std::ifstream in(path_, std::ios::binary);
+    if (!in) throw InputError(path_ + ": cannot open the data file");
+    in.seekg(0, std::ios::end);
+    const std::streamoff size = in.tellg();
+    if (size < 0) throw InputError(path_ + ": cannot read the data file");
+    in.seekg(0, std::ios::beg);
+    text_.resize(static_cast<std::size_t>(size));
+    if (size > 0 && !in.read(text_.data(), static_cast<std::streamsize>(size)))
+      throw InputError(path_ + ": cannot read the data file");
+    if (text_.compare(0, 3, "\xEF\xBB\xBF") == 0) content_start_ = 3;
+  }
+
+  // Lines of JSONL: a '\r' before each '\n' is dropped; lines of ASCII white space are skipped.
+  void walk_lines(const RecordHandler& handle) const {
+    std::size_t pos = content_start_;
+    std::size_t line = 0;
+    const std::size_t n = text_.size();
+    while (pos < n) {
+      ++line;
+      const void* newline = std::memchr(text_.data() + pos, '\n', n - pos);
+      const std::size_t end = newline ? static_cast<std::size_t>(static_cast<const char*>(newline) - text_.data()) : n;
+      std::string_view view(text_.data() + pos, end - pos);
+      if (!view.empty() && view.back() == '\r') view.remove_suffix(1);
+      if (view.find_first_not_of(" \t\r\f\v") != std::string_view::npos) {
+        if (!handle(RawRecord{line, line, pos, view})) return;
+      }
+      pos = end + 1;
+    }
+  }
+
+  // The elements of a JSON array, each cut at the ',' or ']' that follows it outside strings and brackets.
+  void walk_array(const RecordHandler& handle) {
+    const std::string_view text(text_);
+    const std::size_t n = text.size();
+    std::size_t pos = content_start_;
+    std::size_t line = 1;
+    const auto skip_space = [&] {
+      for (; pos < n && is_json_space(text[pos]); ++pos)
+        if (text[pos] == '\n') ++line;
+    };
+    skip_space();
+    ++pos;  // the '['
+    skip_space();
+    if (pos < n && text[pos] == ']') {
+      ++pos;
+    } else {
+      for (std::size_t number = 1;; ++number) {
+        skip_space();
+        const std::size_t start = pos;
+        const std::size_t start_line = line;
+        std::size_t depth = 0;
+        bool in_string = false;
+        for (; pos < n; ++pos) {
+          const char c = text[pos];
+          if (c == '\n') ++line;
+          if (in_string) {
+            if (c == '\\' && pos + 1 < n) {
+              ++pos;
+              if (text[pos] == '\n') ++line;
+            } else if (c == '"') {
+              in_string = false;
+            }
+          } else if (c == '"') {
+            in_string = true;
+          } else if (c == '[' || c == '{') {
+            ++depth;
+          } else if (c == '}') {
+            if (depth > 0) --depth;  // a stray '}' stays in the element, which then fails to parse
+          } else if (c == ']') {
+            if (depth == 0) break;
+            --depth;
+          } else if (c == ',' && depth == 0) {
+            break;
+          }
+        }
+        if (pos >= n)
+          array_error(start_line, "the JSON array is not closed: the file ends inside array element " +
+                                      std::to_string(number) + " (an unterminated string, or a missing ']' or '}')");
+        std::string_view element = text.substr(start, pos - start);
+        while (!element.empty() && is_json_space(element.back())) element.remove_suffix(1);
+        if (!handle(RawRecord{number, start_line, start, element})) return;
+        if (text[pos++] == ']') break;
+      }
+    }
+    skip_space();
+    if (pos < n) array_error(line, "unexpected text after the end of the JSON array");
+  }
+
+  // Damage to the array itself. A file that is not UTF-8 can look like one, so that is said instead.
+  [[noreturn]] void array_error(std::size_t line, const std::string& reason) const {
+    if (const auto bad = first_invalid_utf8(std::string_view(text_).substr(content_start_))) {
+      const std::size_t offset = content_start_ + *bad;
+      const std::size_t bad_line =
+          1 + static_cast<std::size_t>(std::count(text_.begin(), text_.begin() + static_cast<std::ptrdiff_t>(offset), '\n'));
+      throw InputError(path_ + ":" + std::to_string(bad_line) + ": " + utf8_reason(offset) + kNotUtf8Hint);
+    }
+    throw InputError(path_ + ":" + std::to_string(line) + ": " + reason);
+  }
+
+  // Column (1-based, in bytes) of a byte of the file within its line.
+  std::size_t column_of(std::size_t offset) const {
+    std::size_t start = content_start_;
+    if (offset > start) {
+      const std::size_t newline = std::string_view(text_).rfind('\n', offset - 1);
+      if (newline != std::string_view::npos && newline >= start) start = newline + 1;
+    }
+    return offset - start + 1;
+  }
+
+  std::string utf8_reason(std::size_t offset) const {
+    return "invalid UTF-8 (byte " + hex_byte(static_cast<unsigned char>(text_[offset])) + " at column " +
+           std::to_string(column_of(offset)) + ", byte offset " + std::to_string(offset) + " in the file)";
+  }
+
+  // "column C: what" (JSONL) or "line L, column C: what" (an element of an array), from nlohmann's error.
+  std::string json_reason(const RawRecord& raw, const json::parse_error& e) const {
+    std::string what = e.what();
+    // "[json.exception.parse_error.101] parse error at line 1, column 5: syntax error ..." -> "syntax error ..."
+    if (const auto bracket = what.find("] "); bracket != std::string::npos) what.erase(0, bracket + 2);
+    if (const auto colon = what.find(": "); colon != std::string::npos) what.erase(0, colon + 2);
+    const std::size_t consumed = std::min<std::size_t>(e.byte > 0 ? e.byte - 1 : 0, raw.text.size());
+    const std::size_t offset = raw.offset + consumed;
+    std::string where = "column " + std::to_string(column_of(offset));
+    if (array_) {
+      const auto begin = text_.begin() + static_cast<std::ptrdiff_t>(raw.offset);
+      const auto line =
+          raw.file_line + static_cast<std::size_t>(std::count(begin, begin + static_cast<std::ptrdiff_t>(consumed), '\n'));
+      where = "line " + std::to_string(line) + ", " + where;
+    }
+    return "invalid JSON (" + where + ": " + what + ")";
+  }
+
+  std::string location(const RawRecord& raw) const {
+    std::string where = path_ + ":" + std::to_string(raw.file_line) + ": ";
+    if (array_) where += "array element " + std::to_string(raw.number) + ": ";
+    return where;
+  }
+
+  bool handle(const RawRecord& raw) {
+    DatasetRecord record;
+    if (auto reason = parse(raw, record)) {
+      if (!skip_) {
+        std::string message = location(raw) + *reason;
+        if (reason->rfind("invalid UTF-8", 0) == 0) message += kNotUtf8Hint;
+        if (settings_.format == "auto" && reason->rfind("missing ", 0) == 0)
+          message += " (format \"" + std::string(format_name(format_)) + "\" was detected from the fields of " +
+                     (array_ ? "array element " : "line ") + std::to_string(format_from_) + ")";
+        throw InputError(message);
+      }
+      dataset_.bad.push_back(BadRecord{raw.number, std::move(*reason)});
+      return true;
+    }
+    dataset_.records.push_back(std::move(record));
+    return settings_.max_records < 0 || dataset_.records.size() < static_cast<std::size_t>(settings_.max_records);
+  }
+
+  // Fills `record` from the text, or says why the text does not hold a record.
+  std::optional<std::string> parse(const RawRecord& raw, DatasetRecord& record) {
+    if (const auto bad = first_invalid_utf8(raw.text)) return utf8_reason(raw.offset + *bad);
+    json object;
+    if (raw.text.empty()) return std::string("invalid JSON (an empty array element)");
+    try {
+      object = json::parse(raw.text.data(), raw.text.data() + raw.text.size());
+    } catch (const json::parse_error& e) {
+      return json_reason(raw, e);
+    }
+    if (!object.is_object()) return "expected a JSON object, got " + json_kind(object);
+    if (format_ == Format::Auto) {
+      format_ = detect(object);
+      format_from_ = raw.number;
+    }
+    std::optional<std::string> reason;
+    switch (format_) {
+      case Format::Qa: reason = read_qa(object, record); break;
+      case Format::Alpaca: reason = read_alpaca(object, record); break;
+      case Format::ShareGpt: reason = read_sharegpt(object, record); break;
+      case Format::Auto: break;
+    }
+    if (reason) return reason;
+    if (auto id_reason = read_id(object, raw.number, record.id)) return id_reason;
+    const auto [it, inserted] = id_numbers_.emplace(record.id, raw.number);
+    if (!inserted)
+      return "duplicate id \"" + record.id + "\" (also " + (array_ ? "array element " : "line ") +
+             std::to_string(it->second) + ")";
+    record.line = raw.number;
+    record.original = std::move(object);
+    return std::nullopt;
+  }
+
+  Format detect(const json& object) const {
+    if (object.contains(settings_.conversations_field)) return Format::ShareGpt;
+    if (object.contains(settings_.instruction_field) && object.contains(settings_.output_field)) return Format::Alpaca;
+    return Format::Qa;
+  }
+
+  // A required string field: `role` names it in messages ("question field \"q\"").
+  static std::optional<std::string> text_field(const json& object, const std::string& name, const char* role,
+                                               const char* setting, std::string& out) {
+    const auto it = object.find(name);
+    if (it == object.end())
+      return "missing " + std::string(role) + " field \"" + name + "\" (" + setting + ")";
+    if (!it->is_string()) return std::string(role) + " field \"" + name + "\" must be a string, got " + json_kind(*it);
+    out = it->get<std::string>();
+    if (is_blank(out)) return std::string(role) + " field \"" + name + "\" is empty";
+    return std::nullopt;
+  }
+
+  std::optional<std::string> read_qa(const json& object, DatasetRecord& record) const {
+    if (auto reason = text_field(object, settings_.question_field, "question", "question_field", record.question))
+      return reason;
+    return text_field(object, settings_.answer_field, "answer", "answer_field", record.answer);
+  }
+
+  // question = instruction, plus "\n" + input when the input is not blank; answer = output.
+  std::optional<std::string> read_alpaca(const json& object, DatasetRecord& record) const {
+    if (auto reason =
+            text_field(object, settings_.instruction_field, "instruction", "instruction_field", record.question))
+      return reason;
+    if (!settings_.input_field.empty()) {
+      const auto it = object.find(settings_.input_field);
+      if (it != object.end() && !it->is_null()) {
+        if (!it->is_string())
+          return "input field \"" + settings_.input_field + "\" must be a string, got " + json_kind(*it);
+        const auto& input = it->get_ref<const std::string&>();
+        if (!is_blank(input)) record.question += "\n" + input;
+      }
+    }
+    return text_field(object, settings_.output_field, "output", "output_field", record.answer);
+  }
+
+  // question = the first human/user turn, answer = the first gpt/assistant turn after it; system turns are
+  // ignored. Turns are {"from", "value"} or {"role", "content"}; those after the answer are not looked at.
+  std::optional<std::string> read_sharegpt(const json& object, DatasetRecord& record) const {
+    const std::string& field = settings_.conversations_field;
+    const auto conversations = object.find(field);
+    if (conversations == object.end())
+      return "missing conversations field \"" + field + "\" (conversations_field)";
+    if (!conversations->is_array())
+      return "conversations field \"" + field + "\" must be an array, got " + json_kind(*conversations);
+    std::optional<std::size_t> question_turn;
+    for (std::size_t t = 0; t < conversations->size(); ++t) {
+      const json& turn = (*conversations)[t];
+      const std::string where = field + "[" + std::to_string(t) + "]: ";
+      if (!turn.is_object()) return where + "expected an object, got " + json_kind(turn);
+      const char* role_key = "from";
+      auto role = turn.find(role_key);
+      if (role == turn.end()) role = turn.find(role_key = "role");
+      if (role == turn.end()) return where + "missing \"from\" (or \"role\")";
+      if (!role->is_string()) return where + "\"" + role_key + "\" must be a string, got " + json_kind(*role);
+      const auto& name = role->get_ref<const std::string&>();
+      if (name == "system") continue;
+      const bool human = name == "human" || name == "user";
+      const bool gpt = name == "gpt" || name == "assistant";
+      if (!human && !gpt)
+        return where + "unknown role \"" + name + "\" (expected human/user, gpt/assistant or system)";
+      if (gpt != question_turn.has_value()) continue;  // a reply before the question, or a second question
+      const char* text_key = "value";
+      auto text = turn.find(text_key);
+      if (text == turn.end()) text = turn.find(text_key = "content");
+      if (text == turn.end()) return where + "missing \"value\" (or \"content\")";
+      if (!text->is_string()) return where + "\"" + text_key + "\" must be a string, got " + json_kind(*text);
+      std::string& out = human ? record.question : record.answer;
+      out = text->get<std::string>();
+      if (is_blank(out))
+        return where + (human ? "empty question" : "empty answer") + " (\"" + text_key + "\" is blank)";
+      if (gpt) return std::nullopt;
+      question_turn = t;
+    }
+    if (!question_turn) return "no human/user turn in \"" + field + "\"";
+    return "no gpt/assistant turn after the question (" + field + "[" + std::to_string(*question_turn) + "])";
+  }
+
+  // The id field (a string or an integer; null or absent: the record's number).
+  std::optional<std::string> read_id(const json& object, std::size_t number, std::string& id) const {
+    const std::string& name = settings_.id_field;
+    const auto it = name.empty() ? object.end() : object.find(name);
+    if (it == object.end() || it->is_null()) {
+      id = std::to_string(number);
+    } else if (it->is_string()) {
+      id = it->get<std::string>();
+      if (id.empty()) return "id field \"" + name + "\" is empty";
+    } else if (it->is_number_integer()) {
+      id = it->dump();
+    } else {
+      return "id field \"" + name + "\" must be a string or an integer, got " + json_kind(*it);
+    }
+    return std::nullopt;
+  }
+
+  const DatasetSettings& settings_;
+  const std::string& path_;
+  Format format_ = Format::Auto;
+  std::size_t format_from_ = 0;  // the record auto detection looked at
+  bool skip_ = false;
+  bool array_ = false;
+  std::string text_;
+  std::size_t content_start_ = 0;  // after a UTF-8 byte-order mark
+  Dataset dataset_;
+  std::unordered_map<std::string, std::size_t> id_numbers_;  // id -> record number
+};
+
+}  // namespace
+
+Dataset load_dataset(const DatasetSettings& settings) { return Reader(settings).read(); }
+
+}  // namespace slearn
