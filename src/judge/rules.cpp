@@ -74,7 +74,7 @@ bool ends_with_han(std::string_view s) { return !s.empty() && judge_detail::is_h
 
 // Whether the words just before `before`'s end negate what follows ("not Paris", "不是高血压").
 bool negated(std::string_view before) {
-  static constexpr std::string_view kChinese[] = {"不", "非", "没有", "无", "未"};
+  static constexpr std::string_view kChinese[] = {"不", "不是", "非", "并非", "没有", "无", "未", "排除"};
   for (std::string_view word : kChinese)
     if (before.ends_with(word)) return true;
   while (!before.empty() && before.back() == ' ') before.remove_suffix(1);
@@ -130,28 +130,31 @@ std::optional<char> reference_letter(std::string_view reference) {
 
 // What may follow a bare capital letter for it to be a choice rather than a word ("A bacterial ..."): the
 // end, punctuation, a Chinese character or a connecting word.
-#define SLEARN_CHOICE_FOLLOW \
+// "A and C", "A, B" or "A/B" names several letters: none of them counts.
+#define SLEARN_CHOICE_NOT_LIST R"((?!\s*(?:(?i:and|or)\b|[,/&]|和|或|及)\s*[(\[]?[A-Ea-e](?![\p{L}\p{N}])))"
+#define SLEARN_CHOICE_FOLLOW                                                                                 \
+  SLEARN_CHOICE_NOT_LIST                                                                                     \
   R"((?=\s*$|\s*[^\p{L}\p{N}\s\-]|\s*\p{Han}|\s+(?i:is|was|because|since|as|which|and|but|not|for|here)\b))"
 // A letter as an answer: bracketed (any case), or a bare capital followed as above.
 #define SLEARN_CHOICE_LETTER R"((?:[(\[]([A-Ea-e])[)\]]|([A-E]))" SLEARN_CHOICE_FOLLOW ")"
 
 std::optional<char> answer_letter(std::string_view answer) {
   // Tier 1: the answer is a letter, starts with one, or names one as the answer.
-  static const Pattern leading(R"(^\s*(?:[(\[]([A-Ea-e])[)\]]|([A-E])(?:[.)](?=\s|$)|[:、]))", false);
+  static const Pattern leading(R"(^\s*(?:[(\[]([A-Ea-e])[)\]]|([A-E])(?:[.)](?=\s|$)|[:、])))" SLEARN_CHOICE_NOT_LIST, false);
   static const Pattern answer_cue(
       R"((?i:\b(?:correct\s+|right\s+|best\s+|final\s+)?answer\b(?:\s+(?:is|would\s+be|should\s+be|must\s+be))?)"
       R"(\s*[:=]?\s*(?:option\s+|choice\s+)?))" SLEARN_CHOICE_LETTER,
       false);
   static const Pattern chinese_cue(
-      R"((?:选择?(?!项)|答案(?:应该|应当|应)?(?:是|为|选)?)\s*:?\s*[(\[]?([A-Ea-e])(?![A-Za-z]))", false);
+      R"((?:选择?(?!项)|答案(?:应该|应当|应)?(?:是|为|选)?)\s*:?\s*[(\[]?([A-Ea-e])(?![A-Za-z]))" SLEARN_CHOICE_NOT_LIST, false);
   // Tier 2: a letter mentioned as an option that is right.
   static const Pattern option_cue(R"((?i:\b(?:option|choice)\s+))" SLEARN_CHOICE_LETTER, false);
   static const Pattern is_correct(
       R"((?<![\p{L}\p{N}])(?:[(\[]([A-Ea-e])[)\]]|([A-E]))\s+(?i:is\s+(?:the\s+)?(?:correct|right|best|answer)\b))",
       false);
-  static const Pattern chinese_option(R"(选项\s*[(\[]?([A-Ea-e])(?![A-Za-z]))", false);
-  // Tier 3: any bracketed capital letter.
-  static const Pattern bracketed(R"([(\[]([A-E])[)\]])", false);
+  static const Pattern chinese_option(R"(选项\s*[(\[]?([A-Ea-e])(?![A-Za-z]))" SLEARN_CHOICE_NOT_LIST, false);
+  // Tier 3: any bracketed capital letter, "(B)" or "B)".
+  static const Pattern bracketed(R"([(\[]([A-E])[)\]]|(?<![\p{L}\p{N}(\[])([A-E])\))", false);
 
   const std::string text = judge_detail::nfkc(answer);
   const std::vector<std::vector<const Pattern*>> tiers = {
@@ -172,6 +175,7 @@ std::optional<char> answer_letter(std::string_view answer) {
 
 #undef SLEARN_CHOICE_LETTER
 #undef SLEARN_CHOICE_FOLLOW
+#undef SLEARN_CHOICE_NOT_LIST
 
 // --- yes / no / maybe -----------------------------------------------------------------------------------
 
@@ -218,7 +222,7 @@ struct Number {
 
 std::optional<Number> first_number(std::string_view text_in) {
   static const Pattern pattern(
-      R"((?<![\p{L}\p{N}.])(?:([-−])(?=\d))?(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(\.\d+)?(\s*%)?)", false);
+      R"((?<![\p{Latin}\p{Greek}\p{Cyrillic}\p{N}.])(?:([-−])(?=\d))?(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(\.\d+)?(\s*%)?)", false);
   const std::string text = judge_detail::nfkc(text_in);
   const auto m = pattern.find(text);
   if (!m) return std::nullopt;

@@ -81,8 +81,10 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
   const bool progress_on = true;
   fs::create_directories(dir);
 
+  auto stage_name = [&](const char* stage) { return label.empty() ? std::string(stage) : label + " " + stage; };
   // ---- answer ----
   auto start = Clock::now();
+  std::size_t judged_before = 0;
   std::vector<std::vector<TokenId>> prompts;
   std::vector<std::int64_t> lengths;
   for (const auto& r : records) {
@@ -96,7 +98,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
     for (std::size_t i = 0; i < records.size(); ++i)
       if (owner[i] == rank && !done.count(records[i].id)) todo.push_back(i);
     ShardWriter writer(dir, "answers", rank);
-    StageProgress progress(dir, label + " answer", static_cast<std::int64_t>(records.size() - done.size()), comm,
+    StageProgress progress(dir, stage_name("answer"), static_cast<std::int64_t>(records.size() - done.size()), comm,
                            static_cast<double>(config.log_every_seconds), progress_on);
     const GenerationOptions options =
         generation_options(config.answer, tokenizer, format, model, config.answer.max_new_tokens);
@@ -105,6 +107,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
                      {"answer", tokenizer.decode(g.tokens, true)}, {"tokens", g.tokens.size()},
                      {"finish", finish_reason_name(g.finish)}});
     });
+    judged_before = read_stage_shards(dir, "judgements").size();  // before any rank can start judging
     comm.barrier();
     progress.finish();
   }
@@ -123,7 +126,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
       todo.push_back(i);
     }
     ShardWriter writer(dir, "judgements", rank);
-    StageProgress progress(dir, label + " judge", static_cast<std::int64_t>(records.size() - judged.size()), comm,
+    StageProgress progress(dir, stage_name("judge"), static_cast<std::int64_t>(records.size() - judged_before), comm,
                            static_cast<double>(config.log_every_seconds), progress_on);
     std::vector<std::size_t> for_model;
     std::int64_t done = 0;

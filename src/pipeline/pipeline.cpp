@@ -57,6 +57,10 @@ void claim_run_dir(const RunConfig& config, Communicator& comm, const PipelineOp
       for (const auto& entry : fs::directory_iterator(config.run_dir)) fs::remove_all(entry.path());
     }
     fs::create_directories(config.run_dir);
+    // Temporaries of atomic writes cut short by a kill: never complete, never read.
+    for (const auto& entry : fs::recursive_directory_iterator(config.run_dir))
+      if (entry.is_regular_file() && entry.path().filename().string().find(".tmp.") != std::string::npos)
+        fs::remove(entry.path());
     write_file_atomically(marker, nlohmann::json{{"fingerprint", fingerprint}}.dump(2) + "\n");
     write_file_atomically(fs::path(config.run_dir) / "run_config.yaml", config.source_text);
   }
@@ -81,7 +85,7 @@ std::string table(const PipelineSummary& s, const std::vector<StageTime>& stages
   std::snprintf(line, sizeof line, "%-22s %12lld\n", "trained on", static_cast<long long>(s.trained_on));
   out << line;
   for (const auto& st : stages) {
-    std::snprintf(line, sizeof line, "%-22s %10.1f s %10.4f device-hours\n", ("time: " + st.stage).c_str(), st.seconds,
+    std::snprintf(line, sizeof line, "%-22s %10.2f s %10.5f device-hours\n", ("time: " + st.stage).c_str(), st.seconds,
                   st.device_hours);
     out << line;
   }
@@ -145,8 +149,7 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
     const fs::path dir = round == 1 ? run_dir : run_dir / ("round-" + std::to_string(round));
     const std::string label = config.rounds > 1 ? "round " + std::to_string(round) : "";
     model.set_adapter(adapter ? &*adapter : nullptr);
-    const PassResult pass = answer_and_judge(config, comm, model, tokenizer, format, judge, pending, dir,
-                                             label.empty() ? "" : label + " ");
+    const PassResult pass = answer_and_judge(config, comm, model, tokenizer, format, judge, pending, dir, label);
     seconds["answer"] += pass.answer_seconds;
     seconds["judge"] += pass.judge_seconds;
     std::vector<DatasetRecord> wrong;
@@ -161,7 +164,8 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
       for (const auto& r : wrong) out << r.original.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
       write_file_atomically(dir / "incorrect.jsonl", out.str());
     }
-    log_line(comm, (label.empty() ? std::string() : label + ": ") + std::to_string(wrong.size()) + " of " +
+    if (comm.rank() == 0)
+      log_line(comm, (label.empty() ? std::string() : label + ": ") + std::to_string(wrong.size()) + " of " +
                        std::to_string(pending.size()) + " answered incorrectly (" + std::to_string(pass.judged_by_rule) +
                        " judged by rule, " + std::to_string(pass.judged_by_model) + " by model, " +
                        std::to_string(pass.unparsed) + " unparseable judge replies counted as incorrect)");

@@ -254,6 +254,14 @@ TEST(SingleProcessCommunicator, MatchesMpiResultsAtSizeOne) {
   EXPECT_EQ(world().any(false), single->any(false));
 }
 
+// A check of the harness, not of the library: fails on the last rank only. Run by hand with
+// --gtest_also_run_disabled_tests: rank 0 prints nothing of it, the last rank prints a "[rank N]" line, and
+// every rank exits with 1.
+TEST(MpiHarness, DISABLED_FailsOnTheLastRankOnly) {
+  const bool last = world().rank() == world().size() - 1;
+  EXPECT_FALSE(last) << "this failure is expected (rank " << world().rank() << ")";
+}
+
 // The whole set once more over MPI, in one test, as the pipeline would use it.
 TEST(MpiCommunicator, EverythingInOneGo) { check_all(world()); }
 
