@@ -5,12 +5,16 @@
 // its own: UTF-8, JSON, an object, the fields of the format, the id. A record that fails gets a reason; the
 // reason is thrown (on_bad_record: error) or kept in Dataset::bad (skip). Damage to the array itself (it is
 // never closed, or text follows it) cannot be skipped and is always an error.
+//
+// Records are handled in batches: parsing and field checks run on the OpenMP threads (JSON parsing is nearly
+// all of the time), then one thread takes the batch in file order for what depends on earlier records
+// (auto detection, duplicate ids, the first error, max_records), so the result is the sequential one.
 #include "slearn/dataset.hpp"
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <fstream>
-#include <functional>
 #include <optional>
 #include <string_view>
 #include <unordered_map>
@@ -43,8 +47,16 @@ struct RawRecord {
   std::string_view text;
 };
 
-// Returns false to stop the walk.
-using RecordHandler = std::function<bool(const RawRecord&)>;
+// A record on its way through the reader.
+struct Item {
+  RawRecord raw;
+  json object;
+  std::optional<std::string> reason;  // why it is bad
+  DatasetRecord record;               // question, answer, id (the rest is filled when it is kept)
+  std::exception_ptr failure;         // anything else thrown on a worker thread (e.g. out of memory)
+};
+
+constexpr std::size_t kBatch = 2048;
 
 bool is_json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
@@ -128,11 +140,25 @@ class Reader {
     content.remove_prefix(content_start_);
     const std::size_t first = content.find_first_not_of(" \t\n\r");
     array_ = first != std::string_view::npos && content[first] == '[';
-    const RecordHandler handle = [this](const RawRecord& record) { return this->handle(record); };
-    if (array_) {
-      walk_array(handle);
-    } else {
-      walk_lines(handle);
+    pos_ = content_start_;
+    std::vector<Item> batch;
+    bool more = true;
+    while (more) {
+      batch.clear();
+      // A record count that max_records still allows, so a small limit does not parse the whole file.
+      std::size_t size = kBatch;
+      if (settings_.max_records > 0)
+        size = std::clamp<std::size_t>(static_cast<std::size_t>(settings_.max_records) - dataset_.records.size(), 16, kBatch);
+      std::exception_ptr damage;  // to the array: thrown once the records before it are dealt with
+      try {
+        RawRecord raw;
+        while (batch.size() < size && (more = next(raw))) batch.push_back(Item{raw, {}, {}, {}, {}});
+      } catch (const InputError&) {
+        damage = std::current_exception();
+        more = false;
+      }
+      if (!take(batch)) break;
+      if (damage) std::rethrow_exception(damage);
     }
     if (dataset_.records.empty()) {
       if (dataset_.bad.empty()) throw InputError(path_ + ": the data file holds no records");
@@ -203,80 +229,88 @@ class Reader {
     if (text_.compare(0, 3, "\xEF\xBB\xBF") == 0) content_start_ = 3;
   }
 
+  // The next record's text, or false at the end of the file.
+  bool next(RawRecord& raw) { return array_ ? next_element(raw) : next_line(raw); }
+
   // Lines of JSONL: a '\r' before each '\n' is dropped; lines of ASCII white space are skipped.
-  void walk_lines(const RecordHandler& handle) const {
-    std::size_t pos = content_start_;
-    std::size_t line = 0;
+  bool next_line(RawRecord& raw) {
     const std::size_t n = text_.size();
-    while (pos < n) {
-      ++line;
-      const void* newline = std::memchr(text_.data() + pos, '\n', n - pos);
+    while (pos_ < n) {
+      ++line_;
+      const void* newline = std::memchr(text_.data() + pos_, '\n', n - pos_);
       const std::size_t end = newline ? static_cast<std::size_t>(static_cast<const char*>(newline) - text_.data()) : n;
-      std::string_view view(text_.data() + pos, end - pos);
+      std::string_view view(text_.data() + pos_, end - pos_);
+      const std::size_t start = pos_;
+      pos_ = end + 1;
       if (!view.empty() && view.back() == '\r') view.remove_suffix(1);
       if (view.find_first_not_of(" \t\r\f\v") != std::string_view::npos) {
-        if (!handle(RawRecord{line, line, pos, view})) return;
+        raw = RawRecord{line_, line_, start, view};
+        return true;
       }
-      pos = end + 1;
     }
+    return false;
   }
 
   // The elements of a JSON array, each cut at the ',' or ']' that follows it outside strings and brackets.
-  void walk_array(const RecordHandler& handle) {
+  bool next_element(RawRecord& raw) {
     const std::string_view text(text_);
     const std::size_t n = text.size();
-    std::size_t pos = content_start_;
-    std::size_t line = 1;
     const auto skip_space = [&] {
-      for (; pos < n && is_json_space(text[pos]); ++pos)
-        if (text[pos] == '\n') ++line;
+      for (; pos_ < n && is_json_space(text[pos_]); ++pos_)
+        if (text[pos_] == '\n') ++line_;
     };
-    skip_space();
-    ++pos;  // the '['
-    skip_space();
-    if (pos < n && text[pos] == ']') {
-      ++pos;
-    } else {
-      for (std::size_t number = 1;; ++number) {
-        skip_space();
-        const std::size_t start = pos;
-        const std::size_t start_line = line;
-        std::size_t depth = 0;
-        bool in_string = false;
-        for (; pos < n; ++pos) {
-          const char c = text[pos];
-          if (c == '\n') ++line;
-          if (in_string) {
-            if (c == '\\' && pos + 1 < n) {
-              ++pos;
-              if (text[pos] == '\n') ++line;
-            } else if (c == '"') {
-              in_string = false;
-            }
-          } else if (c == '"') {
-            in_string = true;
-          } else if (c == '[' || c == '{') {
-            ++depth;
-          } else if (c == '}') {
-            if (depth > 0) --depth;  // a stray '}' stays in the element, which then fails to parse
-          } else if (c == ']') {
-            if (depth == 0) break;
-            --depth;
-          } else if (c == ',' && depth == 0) {
-            break;
-          }
-        }
-        if (pos >= n)
-          array_error(start_line, "the JSON array is not closed: the file ends inside array element " +
-                                      std::to_string(number) + " (an unterminated string, or a missing ']' or '}')");
-        std::string_view element = text.substr(start, pos - start);
-        while (!element.empty() && is_json_space(element.back())) element.remove_suffix(1);
-        if (!handle(RawRecord{number, start_line, start, element})) return;
-        if (text[pos++] == ']') break;
+    if (elements_ == 0 && !closed_) {  // the opening '['
+      line_ = 1;
+      skip_space();
+      ++pos_;
+      skip_space();
+      if (pos_ < n && text[pos_] == ']') {
+        ++pos_;
+        closed_ = true;
       }
     }
+    if (closed_) {
+      skip_space();
+      if (pos_ < n) array_error(line_, "unexpected text after the end of the JSON array");
+      return false;
+    }
     skip_space();
-    if (pos < n) array_error(line, "unexpected text after the end of the JSON array");
+    const std::size_t start = pos_;
+    const std::size_t start_line = line_;
+    std::size_t depth = 0;
+    bool in_string = false;
+    for (; pos_ < n; ++pos_) {
+      const char c = text[pos_];
+      if (c == '\n') ++line_;
+      if (in_string) {
+        if (c == '\\' && pos_ + 1 < n) {
+          ++pos_;
+          if (text[pos_] == '\n') ++line_;
+        } else if (c == '"') {
+          in_string = false;
+        }
+      } else if (c == '"') {
+        in_string = true;
+      } else if (c == '[' || c == '{') {
+        ++depth;
+      } else if (c == '}') {
+        if (depth > 0) --depth;  // a stray '}' stays in the element, which then fails to parse
+      } else if (c == ']') {
+        if (depth == 0) break;
+        --depth;
+      } else if (c == ',' && depth == 0) {
+        break;
+      }
+    }
+    ++elements_;
+    if (pos_ >= n)
+      array_error(start_line, "the JSON array is not closed: the file ends inside array element " +
+                                  std::to_string(elements_) + " (an unterminated string, or a missing ']' or '}')");
+    std::string_view element = text.substr(start, pos_ - start);
+    while (!element.empty() && is_json_space(element.back())) element.remove_suffix(1);
+    closed_ = text[pos_++] == ']';
+    raw = RawRecord{elements_, start_line, start, element};
+    return true;
   }
 
   // Damage to the array itself. A file that is not UTF-8 can look like one, so that is said instead.
@@ -329,55 +363,95 @@ class Reader {
     return where;
   }
 
-  bool handle(const RawRecord& raw) {
-    DatasetRecord record;
-    if (auto reason = parse(raw, record)) {
-      if (!skip_) {
-        std::string message = location(raw) + *reason;
-        if (reason->rfind("invalid UTF-8", 0) == 0) message += kNotUtf8Hint;
-        if (settings_.format == "auto" && reason->rfind("missing ", 0) == 0)
-          message += " (format \"" + std::string(format_name(format_)) + "\" was detected from the fields of " +
-                     (array_ ? "array element " : "line ") + std::to_string(format_from_) + ")";
-        throw InputError(message);
+  // Deals with a batch; false when max_records is reached.
+  bool take(std::vector<Item>& batch) {
+    const auto count = static_cast<std::ptrdiff_t>(batch.size());
+#pragma omp parallel for schedule(dynamic, 8) if (count > 64)
+    for (std::ptrdiff_t i = 0; i < count; ++i) guarded(batch[static_cast<std::size_t>(i)], &Reader::parse);
+    if (format_ == Format::Auto) {
+      for (const Item& item : batch) {
+        if (!item.failure && !item.reason) {
+          format_ = detect(item.object);
+          format_from_ = item.raw.number;
+          break;
+        }
       }
-      dataset_.bad.push_back(BadRecord{raw.number, std::move(*reason)});
-      return true;
     }
-    dataset_.records.push_back(std::move(record));
-    return settings_.max_records < 0 || dataset_.records.size() < static_cast<std::size_t>(settings_.max_records);
+#pragma omp parallel for schedule(dynamic, 8) if (count > 64)
+    for (std::ptrdiff_t i = 0; i < count; ++i) guarded(batch[static_cast<std::size_t>(i)], &Reader::extract);
+
+    for (Item& item : batch) {
+      if (item.failure) std::rethrow_exception(item.failure);
+      if (!item.reason) {
+        const auto [it, inserted] = id_numbers_.emplace(item.record.id, item.raw.number);
+        if (!inserted)
+          item.reason = "duplicate id \"" + item.record.id + "\" (also " + (array_ ? "array element " : "line ") +
+                        std::to_string(it->second) + ")";
+      }
+      if (item.reason) {
+        bad(item.raw, std::move(*item.reason));
+        continue;
+      }
+      item.record.line = item.raw.number;
+      item.record.original = std::move(item.object);
+      dataset_.records.push_back(std::move(item.record));
+      if (settings_.max_records >= 0 && dataset_.records.size() >= static_cast<std::size_t>(settings_.max_records))
+        return false;
+    }
+    return true;
   }
 
-  // Fills `record` from the text, or says why the text does not hold a record.
-  std::optional<std::string> parse(const RawRecord& raw, DatasetRecord& record) {
-    if (const auto bad = first_invalid_utf8(raw.text)) return utf8_reason(raw.offset + *bad);
-    json object;
-    if (raw.text.empty()) return std::string("invalid JSON (an empty array element)");
+  // Runs a stage on a worker thread: nothing may leave an OpenMP region by an exception.
+  void guarded(Item& item, void (Reader::*stage)(Item&) const) const {
+    if (item.failure || item.reason) return;
     try {
-      object = json::parse(raw.text.data(), raw.text.data() + raw.text.size());
+      (this->*stage)(item);
+    } catch (...) {
+      item.failure = std::current_exception();
+    }
+  }
+
+  void bad(const RawRecord& raw, std::string reason) {
+    if (!skip_) {
+      std::string message = location(raw) + reason;
+      if (reason.rfind("invalid UTF-8", 0) == 0) message += kNotUtf8Hint;
+      if (settings_.format == "auto" && reason.rfind("missing ", 0) == 0)
+        message += " (format \"" + std::string(format_name(format_)) + "\" was detected from the fields of " +
+                   (array_ ? "array element " : "line ") + std::to_string(format_from_) + ")";
+      throw InputError(message);
+    }
+    dataset_.bad.push_back(BadRecord{raw.number, std::move(reason)});
+  }
+
+  // UTF-8, JSON, an object.
+  void parse(Item& item) const {
+    const RawRecord& raw = item.raw;
+    if (const auto bad = first_invalid_utf8(raw.text)) {
+      item.reason = utf8_reason(raw.offset + *bad);
+      return;
+    }
+    if (raw.text.empty()) {
+      item.reason = "invalid JSON (an empty array element)";
+      return;
+    }
+    try {
+      item.object = json::parse(raw.text.data(), raw.text.data() + raw.text.size());
     } catch (const json::parse_error& e) {
-      return json_reason(raw, e);
+      item.reason = json_reason(raw, e);
+      return;
     }
-    if (!object.is_object()) return "expected a JSON object, got " + json_kind(object);
-    if (format_ == Format::Auto) {
-      format_ = detect(object);
-      format_from_ = raw.number;
-    }
-    std::optional<std::string> reason;
+    if (!item.object.is_object()) item.reason = "expected a JSON object, got " + json_kind(item.object);
+  }
+
+  // The fields of the format and the id.
+  void extract(Item& item) const {
     switch (format_) {
-      case Format::Qa: reason = read_qa(object, record); break;
-      case Format::Alpaca: reason = read_alpaca(object, record); break;
-      case Format::ShareGpt: reason = read_sharegpt(object, record); break;
+      case Format::Qa: item.reason = read_qa(item.object, item.record); break;
+      case Format::Alpaca: item.reason = read_alpaca(item.object, item.record); break;
+      case Format::ShareGpt: item.reason = read_sharegpt(item.object, item.record); break;
       case Format::Auto: break;
     }
-    if (reason) return reason;
-    if (auto id_reason = read_id(object, raw.number, record.id)) return id_reason;
-    const auto [it, inserted] = id_numbers_.emplace(record.id, raw.number);
-    if (!inserted)
-      return "duplicate id \"" + record.id + "\" (also " + (array_ ? "array element " : "line ") +
-             std::to_string(it->second) + ")";
-    record.line = raw.number;
-    record.original = std::move(object);
-    return std::nullopt;
+    if (!item.reason) item.reason = read_id(item.object, item.raw.number, item.record.id);
   }
 
   Format detect(const json& object) const {
@@ -488,6 +562,11 @@ class Reader {
   bool array_ = false;
   std::string text_;
   std::size_t content_start_ = 0;  // after a UTF-8 byte-order mark
+  // The walk: where it is, the line there; for an array, the elements so far and whether ']' was seen.
+  std::size_t pos_ = 0;
+  std::size_t line_ = 0;
+  std::size_t elements_ = 0;
+  bool closed_ = false;
   Dataset dataset_;
   std::unordered_map<std::string, std::size_t> id_numbers_;  // id -> record number
 };

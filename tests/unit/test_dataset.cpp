@@ -297,7 +297,9 @@ TEST_F(DatasetReader, CatalogueUnderError) {
       text += (earlier_bad ? std::string() : lines[line - 1]) + "\n";
     }
     const std::string message = error(text, "qa");
-    const std::string where = ":" + std::to_string(bad.line) + ": ";
+    std::string where = ":";
+    where += std::to_string(bad.line);
+    where += ": ";
     ASSERT_EQ(message.rfind(where, 0), 0u) << message;
     std::string reason = message.substr(where.size());
     if (bad.line == 3) {  // invalid UTF-8: the message says the file must be UTF-8
@@ -310,7 +312,7 @@ TEST_F(DatasetReader, CatalogueUnderError) {
 }
 
 TEST_F(DatasetReader, InvalidJsonAndUtf8) {
-  EXPECT_EQ(error(kOk + "{\"question\": \"q\", \"answer\": }\n").rfind(":2: invalid JSON (column 30: syntax error", 0), 0u);
+  EXPECT_EQ(error(kOk + "{\"question\": \"q\", \"answer\": }\n").rfind(":2: invalid JSON (column 29: syntax error while parsing value - unexpected '}'", 0), 0u);
   EXPECT_EQ(error(kOk + kOk + "{\"question\": \"q\", \"answer\": \"a\"} x\n").rfind(":3: invalid JSON (column ", 0), 0u);
   EXPECT_EQ(error("{\"question\": \"q\", \"answer\": \"a\"}{}\n").rfind(":1: invalid JSON (", 0), 0u);
   EXPECT_EQ(error("\"text\"\n"), ":1: expected a JSON object, got a string");
@@ -318,7 +320,7 @@ TEST_F(DatasetReader, InvalidJsonAndUtf8) {
   // Invalid UTF-8: a stray byte, a cut sequence, a surrogate, an overlong form; with the byte offset.
   const std::string hint = "; the data file is not UTF-8 text";
   EXPECT_EQ(error(kOk + "{\"question\": \"q\xff\", \"answer\": \"a\"}\n").rfind(
-                ":2: invalid UTF-8 (byte 0xFF at column 16, byte offset 49 in the file)" + hint, 0),
+                ":2: invalid UTF-8 (byte 0xFF at column 16, byte offset 48 in the file)" + hint, 0),
             0u);
   EXPECT_EQ(error("{\"question\": \"\xC3\", \"answer\": \"a\"}\n").rfind(
                 ":1: invalid UTF-8 (byte 0xC3 at column 15, byte offset 14 in the file)", 0),
@@ -395,7 +397,7 @@ TEST_F(DatasetReader, ArrayElements) {
   ASSERT_EQ(data.bad.size(), 2u);
   EXPECT_EQ(data.bad[0].line, 2u);
   EXPECT_EQ(data.bad[1].line, 3u);
-  EXPECT_EQ(data.bad[1].reason.rfind("invalid JSON (line 5, column 32: syntax error", 0), 0u) << data.bad[1].reason;
+  EXPECT_EQ(data.bad[1].reason.rfind("invalid JSON (line 6, column 31: syntax error", 0), 0u) << data.bad[1].reason;
   // Not objects, empty elements (a trailing comma).
   EXPECT_EQ(error("[1, 2]\n"), ":1: array element 1: expected a JSON object, got a number");
   EXPECT_EQ(error("[" + kOk + ",]"), ":2: array element 2: invalid JSON (an empty array element)");

@@ -106,7 +106,7 @@ TEST_F(SftData, ErrorsNameFileAndLine) {
       "; the data file is not UTF-8 text (convert one in another encoding, such as GB18030/GBK or Latin-1, to UTF-8, "
       "e.g. with iconv -f GB18030 -t UTF-8)";
   EXPECT_EQ(error(ok + "{\"question\": \"q\xff\", \"answer\": \"a\"}\n"),
-            ":2: invalid UTF-8 (byte 0xFF at column 16, byte offset 49 in the file)" + not_utf8);
+            ":2: invalid UTF-8 (byte 0xFF at column 16, byte offset 48 in the file)" + not_utf8);
   EXPECT_EQ(error("{\"question\": \"\xC3\", \"answer\": \"a\"}\n"),
             ":1: invalid UTF-8 (byte 0xC3 at column 15, byte offset 14 in the file)" + not_utf8);
   EXPECT_EQ(error("{\"question\": \"\xED\xA0\x80\", \"answer\": \"a\"}\n"),  // a UTF-16 surrogate
