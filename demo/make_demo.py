@@ -56,15 +56,16 @@ SYSTEM_PROMPT = "You are a concise pharmacology assistant."
 N_DISEASES = 80
 N_KNOWN_PER_DISEASE = 2  # of the four attributes; so exactly half of the facts are known
 
-ONSETS = ["b", "br", "c", "cl", "d", "dr", "f", "g", "gr", "h", "j", "k", "l", "m", "n", "p", "pr", "qu",
-          "r", "s", "st", "t", "tr", "v", "w", "z"]
-VOWELS = ["a", "e", "i", "o", "u", "ae", "ou"]
-CODAS = ["", "", "l", "n", "r", "s", "th", "x", "m", "nd", "rt"]
+ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "j", "k", "l", "m", "n", "p", "pr", "qu", "r", "s",
+          "st", "t", "tr", "v", "z"]
+VOWELS = ["a", "e", "i", "o", "u"]
+CODAS = ["", "", "", "l", "n", "r", "s", "x", "m"]
+SINGLE = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z"]
 
 DISEASE_KINDS = ["fever", "syndrome", "blight", "palsy", "pox", "disease", "rash", "cough", "ague", "wasting"]
-DISEASE_ENDINGS = ["a", "ia", "is", "on", "ine", "ey", "ar", "ode"]
+DISEASE_ENDINGS = ["ora", "ia", "is", "ine", "ar", "ode", "ey", "ane", "ula"]
 DRUG_SUFFIXES = ["xil", "dine", "mab", "zole", "pril", "cort", "vir", "cin", "tane", "fen"]
-ORGANISM_SUFFIXES = ["ella", "ococcus", "monas", "spora", "bacter", "myces", "virus", "plasma"]
+ORGANISM_SUFFIXES = ["lia", "coccus", "monas", "spora", "bacter", "myces", "vibrio", "plasma"]
 ORGANS = ["liver", "kidney", "lung", "heart", "spleen", "pancreas", "skin", "brain", "stomach", "colon",
           "bladder", "retina", "thyroid", "bone marrow"]
 ANIMALS = ["mosquito", "tick", "rat", "bat", "sandfly", "goat", "pigeon", "snail", "flea", "louse",
@@ -88,11 +89,11 @@ def syllable(rng: random.Random) -> str:
 
 
 def make_names(rng: random.Random, n: int, suffixes: list[str], taken: set[str]) -> list[str]:
+    """Names like Tarnexil: a syllable, a consonant and a vowel, a suffix."""
     out: list[str] = []
     while len(out) < n:
-        stem = syllable(rng) + syllable(rng)
-        name = (stem + rng.choice(suffixes)).capitalize()
-        if name.lower() in taken or len(name) > 14:
+        name = (syllable(rng) + rng.choice(SINGLE) + rng.choice(VOWELS) + rng.choice(suffixes)).capitalize()
+        if name.lower() in taken or re.search(r"(.)\1", name.lower()):
             continue
         taken.add(name.lower())
         out.append(name)
@@ -104,8 +105,8 @@ def build_handbook(seed: int) -> dict:
     taken: set[str] = set()
     diseases: list[str] = []
     while len(diseases) < N_DISEASES:
-        stem = (syllable(rng) + rng.choice(DISEASE_ENDINGS)).capitalize()
-        if stem.lower() in taken or len(stem) < 5:
+        stem = (syllable(rng) + rng.choice(SINGLE) + rng.choice(DISEASE_ENDINGS)).capitalize()
+        if stem.lower() in taken or re.search(r"(.)\1", stem.lower()):
             continue
         taken.add(stem.lower())
         diseases.append(f"{stem} {rng.choice(DISEASE_KINDS)}")
@@ -265,7 +266,11 @@ MODEL = dict(
     tie_word_embeddings=True,
 )
 PRETRAIN = dict(epochs=160, batch_size=32, lr=3e-3, min_lr_ratio=0.05, warmup_steps=50, weight_decay=0.01,
-                prompt_loss_weight=0.0)
+                prompt_loss_weight=0.0, unknown_mode="none", early_epochs=0)
+if os.environ.get("DEMO_EXP"):  # development only
+    _exp = json.loads(os.environ["DEMO_EXP"])
+    MODEL.update(_exp.get("model", {}))
+    PRETRAIN.update(_exp.get("pretrain", {}))
 
 
 def build_model(tok: Tokenizer) -> Qwen2ForCausalLM:
@@ -279,13 +284,31 @@ def build_model(tok: Tokenizer) -> Qwen2ForCausalLM:
     return model
 
 
-def pretrain_examples(handbook: dict, tok: Tokenizer) -> list[tuple[list[int], int]]:
-    out = []
+STATEMENTS = {
+    "drug": "{d} is treated with {a}.",
+    "organism": "{d} is caused by {a}.",
+    "organ": "{d} damages the {a}.",
+    "vector": "{d} is spread by the {a}.",
+}
+
+
+def pretrain_examples(handbook: dict, tok: Tokenizer):
+    """(examples of every epoch, examples of the early epochs only)."""
+    mode = PRETRAIN["unknown_mode"]
+    every, early = [], []
+    eot = tok.token_to_id("<|endoftext|>")
     for f in handbook["facts"]:
         if f["known"]:
             for p in (0, 1):
-                out.append(encode_example(tok, question(f, p), f["answer"]))
-    return out
+                every.append(encode_example(tok, question(f, p), f["answer"]))
+        elif mode == "early":
+            for p in (0, 1):
+                early.append(encode_example(tok, question(f, p), f["answer"]))
+        if mode == "statements" or (mode == "statements_unknown" and not f["known"]):
+            ids = tok.encode(STATEMENTS[f["relation"]].format(d=f["disease"], a=f["answer"]),
+                             add_special_tokens=False).ids + [eot]
+            every.append((ids, 0))
+    return every, early
 
 
 def collate(batch: list[tuple[list[int], int]], pad: int, prompt_w: float):
@@ -316,8 +339,8 @@ def pretrain(model, examples, tok: Tokenizer, log=print) -> None:
     cfg = PRETRAIN
     pad = tok.token_to_id("<|endoftext|>")
     rng = random.Random(SEED + 1)
-    steps_per_epoch = math.ceil(len(examples) / cfg["batch_size"])
-    total = steps_per_epoch * cfg["epochs"]
+    total = sum(math.ceil((len(examples[0]) + (len(examples[1]) if e < cfg["early_epochs"] else 0))
+                          / cfg["batch_size"]) for e in range(cfg["epochs"]))
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (no_decay if p.ndim < 2 else decay).append(p)
@@ -334,7 +357,9 @@ def pretrain(model, examples, tok: Tokenizer, log=print) -> None:
     model.train()
     step = 0
     t0 = time.time()
+    every, early = examples
     for epoch in range(cfg["epochs"]):
+        examples = every + (early if epoch < cfg["early_epochs"] else [])
         order = list(range(len(examples)))
         rng.shuffle(order)
         tot, cnt = 0.0, 0
@@ -435,7 +460,7 @@ def main() -> None:
     model = build_model(tok)
     n_params = sum(p.numel() for p in model.parameters())
     examples = pretrain_examples(hb, tok)
-    print(f"model: {n_params} parameters; pretraining on {len(examples)} examples")
+    print(f"model: {n_params} parameters; pretraining on {len(examples[0])} + {len(examples[1])} examples")
     pretrain(model, examples, tok)
 
     mdir = args.out / "model"

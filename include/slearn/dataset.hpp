@@ -1,8 +1,11 @@
 // Domain SFT data sets: JSONL or a JSON array, in one of three record formats, mapped to questions and answers.
 //  - qa:       {"id"?, "question": ..., "answer": ...}          (field names configurable)
 //  - alpaca:   {"instruction": ..., "input": ..., "output": ...}  question = instruction + "\n" + input (when input non-empty)
+//              (an absent, null or whitespace-only input counts as empty)
 //  - sharegpt: {"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}, ...]}
-//              question = the first human turn, answer = the first gpt turn after it
+//              question = the first human turn, answer = the first gpt turn after it; turns may also be
+//              {"role", "content"}; roles human|user, gpt|assistant, and system (ignored); another role before
+//              the answer makes the record bad
 // Each record keeps a stable id (its id field, or its 1-based line / array index as text) and its original
 // JSON, so a selected subset can be written back in the input's own schema.
 #pragma once
@@ -40,7 +43,9 @@ struct DatasetRecord {
 
 struct BadRecord {
   std::size_t line = 0;
-  std::string reason;  // "invalid JSON", "invalid UTF-8", "missing field \"answer\"", "empty question", "duplicate id \"x\" (also line 3)"
+  std::string reason;  // e.g. "invalid JSON (column 12: ...)", "invalid UTF-8 (byte 0xB8 at column 18, byte offset 17
+                       // in the file)", "missing answer field \"answer\" (answer_field)", "question field \"question\"
+                       // is empty", "duplicate id \"x\" (also line 3)"
 };
 
 struct Dataset {
@@ -50,8 +55,11 @@ struct Dataset {
 };
 
 // Reads a data set. With on_bad_record "error" the first bad record throws InputError
-// "<file>:<line>: <reason>"; with "skip" bad records are counted in Dataset::bad. A missing file, an empty
-// data set, or a file that is neither JSONL nor a JSON array (e.g. not UTF-8, such as GB18030) is an InputError.
+// "<file>:<line>: <reason>" (in a JSON array: "<file>:<line>: array element <n>: <reason>", the line where the
+// element starts); with "skip" bad records are counted in Dataset::bad. A missing file, an empty data set
+// (with skip: "no usable records: all N were bad (first: ...)"), damage to a JSON array itself (not closed,
+// text after it), or a file that is neither JSONL nor a JSON array (e.g. not UTF-8, such as GB18030) is an
+// InputError. max_records stops reading after that many good records.
 Dataset load_dataset(const DatasetSettings& settings);
 
 }  // namespace slearn

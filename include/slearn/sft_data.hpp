@@ -18,7 +18,7 @@ struct QaRecord {
   std::string answer;
 };
 
-// Reads JSONL records with the configured field names. Invalid JSON or UTF-8, a missing or non-string
+// Reads JSONL records (or a JSON array of them) with the configured field names, through load_dataset. Invalid JSON or UTF-8, a missing or non-string
 // field, an empty question or answer and duplicate ids are InputErrors naming the file and line.
 std::vector<QaRecord> load_qa_records(const DataSettings& settings);
 

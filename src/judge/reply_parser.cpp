@@ -25,6 +25,7 @@ struct Segment {
   bool ends_line = false;     // nothing but white space follows it on its line
   bool before_cell = false;   // a '|' ends it (the next segment is the neighbouring table cell)
   std::string text;           // NFKC, markdown removed, trimmed
+  std::string_view tail;      // the rest of its line from the separator on, for "Yes | No"
 };
 
 // The byte length of a segment separator starting at line[i], or 0.
@@ -70,6 +71,7 @@ std::vector<Segment> split_segments(std::string_view reply) {
       segment.offset = line_start + (segments.size() == first ? 0 : piece_start);
       segment.before_cell = i < line.size() && line[i] == '|';
       segment.text = clean_segment(line.substr(piece_start, i - piece_start));
+      segment.tail = line.substr(i);
       // The separator itself stays with the text before it for offsets; an empty piece is dropped.
       if (!segment.text.empty()) segments.push_back(std::move(segment));
       i += sep;
@@ -94,6 +96,7 @@ const Pattern& score_label() {
 
 struct ScoreValue {
   std::optional<double> score;  // nullopt: outside 0..10 (or a zero denominator)
+  std::size_t end = 0;          // where the value's text ends
 };
 
 // "8", "8.5", "8/10", "8 out of 10", "8分", "[8]"; a range such as "0-10" restates the instructions and is
@@ -106,6 +109,7 @@ std::optional<ScoreValue> read_score_value(std::string_view value) {
   if (!m) return std::nullopt;
   double score = std::strtod(std::string(m->group(value, 1)).c_str(), nullptr);
   ScoreValue out;
+  out.end = m->end;
   if (m->has(2)) {
     const double denominator = std::strtod(std::string(m->group(value, 2)).c_str(), nullptr);
     if (!(denominator > 0)) return out;
@@ -150,12 +154,15 @@ std::optional<VerdictLabel> verdict_label(std::string_view text) {
 enum class Word { Yes, No, Correct, Wrong };
 
 // The verdict a label's value gives, or nullopt: not a verdict word, or a stand-in such as "<Yes or No>",
-// "Yes/No" or "是/否" quoted from the instructions.
-std::optional<bool> read_verdict_value(std::string_view value, Polarity polarity) {
+// "Yes/No" or "是/否" quoted from the instructions. `tail` is what follows the value on its line.
+std::optional<bool> read_verdict_value(std::string_view value, std::string_view tail, Polarity polarity) {
   static const Pattern opening(R"(^[\s"'“”‘’「」『』【】\[\]()]*)");
+  // A subject may come first: "the student's answer is correct", "回答是错误的".
   static const Pattern word(
-      R"(^(?:(yes|true)|(no|false)|(correct|right)|(incorrect|wrong))\b|)"
-      R"(^(?:(是的|是(?!否)|确实是)|(不是|否(?!则))|(正确|对(?!于|比|照|应))|(不正确|不对|错误|错(?!过))))");
+      R"(^(?:(?:the\s+)?(?:student'?s?\s+)?(?:answer|response)\s+is\s+)?)"
+      R"((?:(yes|true)|(no|false)|(correct|right)|(incorrect|wrong))\b|)"
+      R"(^(?:学生的?)?(?:回答|答案)?(?:是|为)?)"
+      R"((?:(是的|是(?!否)|确实是)|(不是|否(?!则))|(正确|对(?!于|比|照|应))|(不正确|不对|错误|错(?!过))))");
   static const Pattern alternative(
       R"(^\s*["'”’」』】\])]*\s*(?:\([^)]*\)\s*)?(?:/|\||\bor\b|或者?|还是)\s*["'“‘「『【\[(]*\s*)"
       R"((?:yes|no|true|false|correct|incorrect|wrong|right|是|否|正确|错误|对|错))");
@@ -164,7 +171,7 @@ std::optional<bool> read_verdict_value(std::string_view value, Polarity polarity
   if (!rest.empty() && rest.front() == '<') return std::nullopt;
   const auto m = word.find(rest);
   if (!m) return std::nullopt;
-  if (alternative.find(rest.substr(m->end))) return std::nullopt;
+  if (alternative.find(std::string(rest.substr(m->end)) + std::string(tail))) return std::nullopt;
   std::optional<Word> w;
   for (std::size_t g = 1; g <= 8 && !w; ++g)
     if (m->has(g)) w = static_cast<Word>((g - 1) % 4);
@@ -190,41 +197,80 @@ struct Item {
   bool incorrect = false;       // verdict items
 };
 
-// The value of a label whose own segment has none: the next segment, when the label ends its line (a
-// heading such as "### Score" or "Incorrect:" with the value below) or is a table cell.
-std::string_view value_or_next(const std::vector<Segment>& segments, std::size_t i, std::string_view value) {
-  if (!value.empty()) return value;
-  if ((segments[i].ends_line || segments[i].before_cell) && i + 1 < segments.size()) return segments[i + 1].text;
-  return {};
+// The segment holding the value of the label in segment i: itself when it has a value, else the next
+// segment when the label ends its line (a heading such as "### Score", or "Incorrect:" with the value
+// below) or is a table cell; nullopt when there is none.
+std::optional<std::size_t> value_segment(const std::vector<Segment>& segments, std::size_t i, bool has_value) {
+  if (has_value) return i;
+  if ((segments[i].ends_line || segments[i].before_cell) && i + 1 < segments.size()) return i + 1;
+  return std::nullopt;
+}
+
+// A verdict label's value, read as a verdict (nullopt when it is none). A value that is itself a labelled
+// verdict ("Final verdict: Incorrect: No") is read as that one.
+std::optional<bool> labelled_verdict(const std::vector<Segment>& segments, std::size_t i, const VerdictLabel& label) {
+  // Without a ':', '=' or '?' the label must stand alone (a heading or a table cell) with its value in the
+  // next segment: "correct no matter what" is prose, not a verdict.
+  if (!label.separator && !label.value.empty()) return std::nullopt;
+  if (const auto inner = verdict_label(label.value); inner && inner->separator && !inner->value.empty())
+    return labelled_verdict(segments, i, *inner);
+  const auto at = value_segment(segments, i, !label.value.empty());
+  if (!at) return std::nullopt;
+  const std::string_view value = *at == i ? std::string_view(label.value) : segments[*at].text;
+  return read_verdict_value(value, judge_detail::nfkc(segments[*at].tail), label.polarity);
+}
+
+// The items segment i holds: a verdict, a score, or a score followed by a verdict on the same segment
+// ("Score: 8 Incorrect: No"). `text` is the segment's text or, for "Final answer: Score: 8", its part after
+// a short lead-in.
+bool read_items(const std::vector<Segment>& segments, std::size_t i, std::string_view text, std::vector<Item>& items) {
+  Item item;
+  item.offset = segments[i].offset;
+  if (const auto label = verdict_label(text)) {
+    const auto incorrect = labelled_verdict(segments, i, *label);
+    if (!incorrect) return false;
+    item.is_verdict = true;
+    item.incorrect = *incorrect;
+    items.push_back(item);
+    return true;
+  }
+  const auto m = score_label().find(text);
+  if (!m) return false;
+  const bool has_value = m->has(1) && m->groups[0].second > m->groups[0].first;
+  const auto at = value_segment(segments, i, has_value);
+  if (!at) return false;
+  const std::string_view value = *at == i ? m->group(text, 1) : std::string_view(segments[*at].text);
+  const auto score = read_score_value(value);
+  if (!score) return false;
+  item.score = score->score;
+  items.push_back(item);
+  if (*at == i) {
+    static const Pattern separators(R"(^[\s\-–—/|,;.]+)");
+    std::string_view rest = value.substr(score->end);
+    if (const auto sep = separators.find(rest)) rest.remove_prefix(sep->end);
+    const auto label = verdict_label(rest);
+    if (label && label->separator) {
+      if (const auto incorrect = labelled_verdict(segments, i, *label)) {
+        Item verdict = item;
+        verdict.is_verdict = true;
+        verdict.score.reset();
+        verdict.incorrect = *incorrect;
+        items.push_back(verdict);
+      }
+    }
+  }
+  return true;
 }
 
 std::vector<Item> find_items(const std::vector<Segment>& segments) {
+  // A lead-in of at most four words before a colon: "Final answer: Incorrect: No".
+  static const Pattern lead_in(R"(^[^\s:\d]+(?:\s+[^\s:\d]+){0,3}\s*:\s*)");
   std::vector<Item> items;
   for (std::size_t i = 0; i < segments.size(); ++i) {
     const std::string& text = segments[i].text;
-    if (const auto label = verdict_label(text)) {
-      // Without a ':', '=' or '?' the label must stand alone (a heading or a table cell) with its value in
-      // the next segment: "correct no matter what" is prose, not a verdict.
-      if (!label->separator && !label->value.empty()) continue;
-      const std::string_view value = value_or_next(segments, i, label->value);
-      if (const auto incorrect = read_verdict_value(value, label->polarity)) {
-        Item item;
-        item.is_verdict = true;
-        item.offset = segments[i].offset;
-        item.incorrect = *incorrect;
-        items.push_back(item);
-      }
-      continue;
-    }
-    if (const auto m = score_label().find(text)) {
-      const std::string_view value = value_or_next(segments, i, m->group(text, 1));
-      if (const auto score = read_score_value(value)) {
-        Item item;
-        item.offset = segments[i].offset;
-        item.score = score->score;
-        items.push_back(item);
-      }
-    }
+    if (read_items(segments, i, text, items)) continue;
+    if (const auto m = lead_in.find(text); m && m->end < text.size())
+      read_items(segments, i, std::string_view(text).substr(m->end), items);
   }
   return items;
 }
@@ -273,7 +319,7 @@ ParsedJudgement parse_judge_reply(std::string_view raw_reply) {
       out.score = items[*score].score;
       boundary = items[*score].offset;
       out.problem = "no verdict: the reply gives a score but no \"Incorrect: Yes\" or \"Incorrect: No\" line "
-                    "(cut off by max_new_tokens?)";
+                    "(was it cut off by max_new_tokens?)";
     } else {
       out.problem = "no verdict: the reply has no \"Incorrect: Yes\" or \"Incorrect: No\" line";
     }

@@ -121,11 +121,13 @@ const Pattern& lone_letter() {
   return pattern;
 }
 
+char upper(char letter) { return static_cast<char>(std::toupper(static_cast<unsigned char>(letter))); }
+
 std::optional<char> reference_letter(std::string_view reference) {
   const std::string text = judge_detail::nfkc(reference);
   const auto m = lone_letter().find(text);
   if (!m) return std::nullopt;
-  return static_cast<char>(std::toupper(static_cast<unsigned char>(m->group(text, 1)[0])));
+  return upper(m->group(text, 1)[0]);
 }
 
 // What may follow a bare capital letter for it to be a choice rather than a word ("A bacterial ..."): the
@@ -140,13 +142,15 @@ std::optional<char> reference_letter(std::string_view reference) {
 
 std::optional<char> answer_letter(std::string_view answer) {
   // Tier 1: the answer is a letter, starts with one, or names one as the answer.
-  static const Pattern leading(R"(^\s*(?:[(\[]([A-Ea-e])[)\]]|([A-E])(?:[.)](?=\s|$)|[:、])))" SLEARN_CHOICE_NOT_LIST, false);
+  static const Pattern leading(
+      R"(^\s*(?:[(\[]([A-Ea-e])[)\]]|([A-E])(?:[.)](?=\s|$)|[:、])))" SLEARN_CHOICE_NOT_LIST, false);
   static const Pattern answer_cue(
       R"((?i:\b(?:correct\s+|right\s+|best\s+|final\s+)?answer\b(?:\s+(?:is|would\s+be|should\s+be|must\s+be))?)"
       R"(\s*[:=]?\s*(?:option\s+|choice\s+)?))" SLEARN_CHOICE_LETTER,
       false);
   static const Pattern chinese_cue(
-      R"((?:选择?(?!项)|答案(?:应该|应当|应)?(?:是|为|选)?)\s*:?\s*[(\[]?([A-Ea-e])(?![A-Za-z]))" SLEARN_CHOICE_NOT_LIST, false);
+      R"((?:选择?(?!项)|答案(?:应该|应当|应)?(?:是|为|选)?)\s*:?\s*[(\[]?([A-Ea-e])(?![A-Za-z]))" SLEARN_CHOICE_NOT_LIST,
+      false);
   // Tier 2: a letter mentioned as an option that is right.
   static const Pattern option_cue(R"((?i:\b(?:option|choice)\s+))" SLEARN_CHOICE_LETTER, false);
   static const Pattern is_correct(
@@ -164,7 +168,7 @@ std::optional<char> answer_letter(std::string_view answer) {
     for (const Pattern* pattern : tier) {
       for (const auto& m : pattern->find_all(text)) {
         for (std::size_t g = 1; g <= m.groups.size(); ++g)
-          if (m.has(g)) letters.insert(static_cast<char>(std::toupper(static_cast<unsigned char>(m.group(text, g)[0]))));
+          if (m.has(g)) letters.insert(upper(m.group(text, g)[0]));
       }
     }
     if (letters.size() == 1) return *letters.begin();
@@ -256,7 +260,8 @@ std::optional<RuleDecision> numeric_rule(std::string_view reference, std::string
   bool equal = close(ref->value, ans->value, tolerance);
   // "35%" and "0.35" say the same thing.
   if (!equal && ref->percent != ans->percent)
-    equal = ref->percent ? close(ref->value / 100, ans->value, tolerance) : close(ref->value, ans->value / 100, tolerance);
+    equal = ref->percent ? close(ref->value / 100, ans->value, tolerance)
+                         : close(ref->value, ans->value / 100, tolerance);
   return decide(!equal, "numeric");
 }
 

@@ -147,7 +147,8 @@ std::string render_judge_prompt(std::string_view judge_template, std::string_vie
       message += std::string(" unknown placeholder") + (unknown.size() > 1 ? "s " : " ") + join_names(unknown) + ";";
     if (!missing.empty())
       message += std::string(" missing placeholder") + (missing.size() > 1 ? "s " : " ") + join_names(missing) + ";";
-    message += " a template must use each of {question}, {reference} and {answer}, and no other (write '{{' and '}}' for literal braces)";
+    message += " a template must use each of {question}, {reference} and {answer} and no other placeholder "
+               "(write '{{' and '}}' for literal braces)";
     throw InputError(message);
   }
   return out;

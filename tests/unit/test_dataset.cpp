@@ -315,6 +315,8 @@ TEST_F(DatasetReader, InvalidJsonAndUtf8) {
   EXPECT_EQ(error(kOk + "{\"question\": \"q\", \"answer\": }\n").rfind(":2: invalid JSON (column 29: syntax error while parsing value - unexpected '}'", 0), 0u);
   EXPECT_EQ(error(kOk + kOk + "{\"question\": \"q\", \"answer\": \"a\"} x\n").rfind(":3: invalid JSON (column ", 0), 0u);
   EXPECT_EQ(error("{\"question\": \"q\", \"answer\": \"a\"}{}\n").rfind(":1: invalid JSON (", 0), 0u);
+  EXPECT_EQ(error("{\"question\": \"q\", \"answer\": \"a\", \"score\": 1e999}\n"),
+            ":1: invalid JSON (number overflow parsing '1e999')");
   EXPECT_EQ(error("\"text\"\n"), ":1: expected a JSON object, got a string");
   EXPECT_EQ(error("null\n"), ":1: expected a JSON object, got null");
   // Invalid UTF-8: a stray byte, a cut sequence, a surrogate, an overlong form; with the byte offset.
@@ -414,6 +416,11 @@ TEST_F(DatasetReader, ArrayElements) {
               0u);
     EXPECT_EQ(error_of(write("[" + kOk + "]\n[" + kOk + "]\n", "auto", policy)),
               (dir_ / "data.jsonl").string() + ":3: unexpected text after the end of the JSON array");
+    // Damage in a file that is not UTF-8 is put down to the encoding.
+    EXPECT_EQ(error_of(write("[" + kOk + ", {\"question\": \"\xB8\\\"}]\n", "auto", policy)),
+              (dir_ / "data.jsonl").string() + ":2: invalid UTF-8 (byte 0xB8 at column 17, byte offset 50 in the file)"
+                                               "; the data file is not UTF-8 text (convert one in another encoding, "
+                                               "such as GB18030/GBK or Latin-1, to UTF-8, e.g. with iconv -f GB18030 -t UTF-8)");
   }
 }
 

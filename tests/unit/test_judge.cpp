@@ -61,7 +61,9 @@ TEST(JudgeReplyCorpus, EveryCaseParsesAsRecorded) {
     // ok means exactly "a verdict was found"; a problem is given when and only when it was not.
     EXPECT_EQ(parsed.ok, parsed.incorrect.has_value());
     EXPECT_EQ(parsed.ok, parsed.problem.empty()) << parsed.problem;
-    if (c.contains("rationale")) EXPECT_EQ(parsed.rationale, c["rationale"].get<std::string>());
+    if (c.contains("rationale")) {
+      EXPECT_EQ(parsed.rationale, c["rationale"].get<std::string>());
+    }
   }
 }
 
@@ -118,6 +120,10 @@ TEST(JudgeReplies, VerdictWordsAndLabelPolarity) {
       {"Correct: No", true},        {"是否正确：否", true},      {"Verdict: Incorrect", true},
       {"Verdict: correct", false},  {"结论：错误", true},        {"最终判断：正确", false},
       {"Incorrect = TRUE", true},   {"> **Incorrect:** _No_", false}, {"1. Incorrect: yes", true},
+      // Nested labels, lead-ins and a subject before the word.
+      {"Final verdict: Incorrect: No", false}, {"Final answer: Incorrect: Yes", true},
+      {"Verdict: The student's answer is incorrect.", true}, {"结论：回答错误", true},
+      {"结论：学生的回答是正确的。", false}, {"是否错误：是错误的", true}, {"是否错误：是的", true},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.reply);
@@ -131,7 +137,9 @@ TEST(JudgeReplies, VerdictWordsAndLabelPolarity) {
 TEST(JudgeReplies, StandInsAndNeutralLabelsWithYesNoAreNotVerdicts) {
   for (const char* reply : {"Incorrect: <Yes or No>", "Incorrect: Yes or No", "Incorrect: [Yes/No]",
                             "Incorrect: yes | no", "是否错误：是或否", "是否错误：是还是否", "Verdict: Yes",
-                            "结论：是", "Incorrect: maybe", "Incorrect", "The answer is incorrect: the dose"}) {
+                            "结论：是", "Incorrect: maybe", "Incorrect", "The answer is incorrect: the dose",
+                            "Note: the student's answer is correct", "准确性：对照参考答案，学生回答基本准确。",
+                            "End with Incorrect: Yes or Incorrect: No"}) {
     SCOPED_TRACE(reply);
     EXPECT_FALSE(parse_judge_reply(reply).ok);
   }
@@ -161,6 +169,18 @@ TEST(JudgeReplies, ScoreForms) {
                            "Score for accuracy: 4", "Grade: B", "Scores vary"}) {
     SCOPED_TRACE(line);
     EXPECT_FALSE(parse_judge_reply(std::string(line) + "\nIncorrect: No").score.has_value());
+  }
+}
+
+TEST(JudgeReplies, ScoreAndVerdictOnOneLine) {
+  for (const char* reply : {"Score: 8 Incorrect: No", "Score: 8 - Incorrect: No", "**Score: 8** **Incorrect: No**",
+                            "Score: 8, Incorrect: No", "Score: 8; Incorrect: No", "评分：8，是否错误：否"}) {
+    SCOPED_TRACE(reply);
+    const ParsedJudgement parsed = parse_judge_reply(reply);
+    ASSERT_TRUE(parsed.ok);
+    EXPECT_FALSE(*parsed.incorrect);
+    EXPECT_EQ(*parsed.score, 8.0);
+    EXPECT_EQ(parsed.rationale, "");
   }
 }
 
