@@ -130,15 +130,14 @@ std::optional<char> reference_letter(std::string_view reference) {
   return upper(m->group(text, 1)[0]);
 }
 
+// Not the first of a list: "A and C", "A, B" or "A/B" names several letters, and none of them counts.
+#define SLEARN_CHOICE_NOT_LIST R"((?!\s*(?:(?i:and|or)\b|[,/&]|和|或|及)\s*[(\[]?[A-Ea-e](?![\p{L}\p{N}])))"
 // What may follow a bare capital letter for it to be a choice rather than a word ("A bacterial ..."): the
 // end, punctuation, a Chinese character or a connecting word.
-// "A and C", "A, B" or "A/B" names several letters: none of them counts.
-#define SLEARN_CHOICE_NOT_LIST R"((?!\s*(?:(?i:and|or)\b|[,/&]|和|或|及)\s*[(\[]?[A-Ea-e](?![\p{L}\p{N}])))"
-#define SLEARN_CHOICE_FOLLOW                                                                                 \
-  SLEARN_CHOICE_NOT_LIST                                                                                     \
+#define SLEARN_CHOICE_FOLLOW \
   R"((?=\s*$|\s*[^\p{L}\p{N}\s\-]|\s*\p{Han}|\s+(?i:is|was|because|since|as|which|and|but|not|for|here)\b))"
 // A letter as an answer: bracketed (any case), or a bare capital followed as above.
-#define SLEARN_CHOICE_LETTER R"((?:[(\[]([A-Ea-e])[)\]]|([A-E]))" SLEARN_CHOICE_FOLLOW ")"
+#define SLEARN_CHOICE_LETTER R"((?:[(\[]([A-Ea-e])[)\]]|([A-E]))" SLEARN_CHOICE_FOLLOW ")" SLEARN_CHOICE_NOT_LIST
 
 std::optional<char> answer_letter(std::string_view answer) {
   // Tier 1: the answer is a letter, starts with one, or names one as the answer.

@@ -380,6 +380,8 @@ TEST(JudgeRules, Choice) {
   EXPECT_EQ(judge("choice", "B", "A or B"), "undecided");
   EXPECT_EQ(judge("choice", "B", "(A) and (C) are both possible"), "undecided");
   EXPECT_EQ(judge("choice", "B", "答案：A和C"), "undecided");
+  EXPECT_EQ(judge("choice", "B", "The answer is (A) or (C)."), "undecided");
+  EXPECT_EQ(judge("choice", "B", "The answer is A, B or C"), "undecided");
   EXPECT_EQ(judge("choice", "A", "A bacterial infection causes this."), "undecided");
   EXPECT_EQ(judge("choice", "Paris", "B"), "undecided");
 }
