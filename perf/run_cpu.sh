@@ -41,3 +41,19 @@ print(f"batch {o['batch']} prompt {o['prompt_len']}: prefill slearn {o['prefill_
       f"ratio {o['decode_tok_s'] / p['decode_tok_s']:.2f}x  ({o['threads']} threads)")
 PY
 done
+
+echo "# CPU LoRA training: Qwen2 hidden 512, 4 layers, vocab 32000, r 16 on all seven projections, fp32"
+for shape in "4 256"; do
+  read -r batch seq <<<"$shape"
+  ours=$("$bin/bench_train" --batch "$batch" --seq-len "$seq" --workdir "$tmp/train")
+  ours_ckpt=$("$bin/bench_train" --batch "$batch" --seq-len "$seq" --workdir "$tmp/train" --recompute)
+  peer=$("$python" "$root/perf/peer_train.py" --batch "$batch" --seq-len "$seq")
+  "$python" - "$ours" "$ours_ckpt" "$peer" <<'PY'
+import json, sys
+o, c, p = (json.loads(a) for a in sys.argv[1:4])
+print(f"batch {o['batch']} x {o['seq_len']}: slearn {o['tokens_per_s']:7.1f} tok/s "
+      f"({o['activation_bytes'] / 1e6:.0f} MB activations), with recomputation {c['tokens_per_s']:7.1f} tok/s "
+      f"({c['activation_bytes'] / 1e6:.0f} MB), torch+peft {p['tokens_per_s']:7.1f} tok/s  "
+      f"ratio {o['tokens_per_s'] / p['tokens_per_s']:.2f}x  ({o['threads']} threads)")
+PY
+done
