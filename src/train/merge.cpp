@@ -71,11 +71,11 @@ MergeResult merge_adapter(const fs::path& model_dir, const fs::path& adapter_dir
         const std::int64_t out = info.shape[0], in = info.shape[1], r = pair.a.dim(0);
         const float* a = pair.a.f32();
         const float* b = pair.b.f32();
-        const float s = adapter.scaling();
+        const float scaling = adapter.scaling();
 #pragma omp parallel for schedule(static)
         for (std::int64_t o = 0; o < out; ++o)
           for (std::int64_t k = 0; k < r; ++k) {
-            const float coefficient = s * b[o * r + k];
+            const float coefficient = scaling * b[o * r + k];
             for (std::int64_t i = 0; i < in; ++i) values[static_cast<std::size_t>(o * in + i)] += coefficient * a[k * in + i];
           }
         ++result.merged;
