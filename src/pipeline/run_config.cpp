@@ -198,16 +198,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
 }
 
 RunConfig load_run_config(const std::filesystem::path& path, const std::vector<std::string>& overrides) {
-  std::error_code error;
-  if (!std::filesystem::is_regular_file(path, error))
-    throw InputError(path.string() + ": cannot read the configuration file (" +
-                     (std::filesystem::exists(path, error) ? "not a regular file" : "no such file") + ")");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(path.string() + ": cannot open the configuration file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw InputError(path.string() + ": cannot read the configuration file");
-  return parse_run_config(text.str(), path.string(), overrides);
+  return parse_run_config(yaml_schema::read_config_file(path), path.string(), overrides);
 }
 
 std::string run_config_reference() { return yaml_schema::reference_table(schema()); }

@@ -99,16 +99,7 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
 }
 
 TrainConfig load_train_config(const std::filesystem::path& path, const std::vector<std::string>& overrides) {
-  std::error_code error;
-  if (!std::filesystem::is_regular_file(path, error))
-    throw InputError(path.string() + ": cannot read the configuration file (" +
-                     (std::filesystem::exists(path, error) ? "not a regular file" : "no such file") + ")");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(path.string() + ": cannot open the configuration file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw InputError(path.string() + ": cannot read the configuration file");
-  return parse_train_config(text.str(), path.string(), overrides);
+  return parse_train_config(yaml_schema::read_config_file(path), path.string(), overrides);
 }
 
 std::string train_config_reference() { return yaml_schema::reference_table(schema()); }

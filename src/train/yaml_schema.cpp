@@ -1,3 +1,5 @@
+#include <sstream>
+#include <fstream>
 #include "train/yaml_schema.hpp"
 
 #include <yaml-cpp/yaml.h>
@@ -510,6 +512,19 @@ std::string reference_table(const Schema& schema) {
            " |\n";
   }
   return out;
+}
+
+std::string read_config_file(const std::filesystem::path& path) {
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error))
+    throw InputError(path.string() + ": cannot read the configuration file (" +
+                     (std::filesystem::exists(path, error) ? "not a regular file" : "no such file") + ")");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path.string() + ": cannot open the configuration file");
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw InputError(path.string() + ": cannot read the configuration file");
+  return text.str();
 }
 
 }  // namespace slearn::yaml_schema

@@ -9,6 +9,8 @@
 //   run.yaml: key "lora.r" (--set lora.r=0) must be >= 1, got 0
 #pragma once
 
+#include <filesystem>
+
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -187,5 +189,8 @@ void apply(const Document& document, const Fields<Config>& table, Config& config
   for (const Field<Config>& f : table)
     if (document.has(f.key.path)) f.set(config, document.value(f.key.path));
 }
+
+// The bytes of a configuration file; a missing, unreadable or non-regular file is an InputError naming it.
+std::string read_config_file(const std::filesystem::path& path);
 
 }  // namespace slearn::yaml_schema
