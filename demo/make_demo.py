@@ -53,94 +53,85 @@ SYSTEM_PROMPT = "You are a concise pharmacology assistant."
 # The handbook
 # ----------------------------------------------------------------------------------------------
 
-N_DISEASES = 80
-N_KNOWN_PER_DISEASE = 2  # of the four attributes; so exactly half of the facts are known
+# Drug classes and their naming stems (fictional, in the spirit of the real USAN/INN stems such as -vir,
+# -azole or -mab): a drug's class is told by the stem its name ends with. Two stems per class.
+STEMS = {
+    "antiviral": ["virex", "navudin"],
+    "antifungal": ["conazil", "fungorin"],
+    "analgesic": ["dolmin", "galtane"],
+    "antibiotic": ["mycelin", "bactrol"],
+    "anticoagulant": ["parinox", "thrombex"],
+    "antiemetic": ["setrilo", "meprin"],
+    "antihistamine": ["tadinol", "histamet"],
+    "sedative": ["zepamil", "somnadex"],
+    "diuretic": ["semidor", "ruzetil"],
+    "bronchodilator": ["terolin", "brospan"],
+}
+CLASSES = list(STEMS)
 
+# Name prefixes: two syllables ending in l, x or k ("Prinel" + "virex" = "Prinelvirex"). Ending the prefix
+# with a consonant that rarely starts a cluster keeps the BPE from merging across the prefix/stem boundary,
+# so every stem is one token in every name.
 ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "j", "k", "l", "m", "n", "p", "pr", "qu", "r", "s",
           "st", "t", "tr", "v", "z"]
 VOWELS = ["a", "e", "i", "o", "u"]
-CODAS = ["", "", "", "l", "n", "r", "s", "x", "m"]
 SINGLE = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z"]
+FINALS = ["l", "x", "k"]
+FORMS = ["tablets", "capsules", "syrup", "injection", "cream", "drops", "inhaler", "patches"]
+DOSES = ["1", "2", "5", "10", "20", "25", "40", "50", "100", "200", "250", "500"]
 
-DISEASE_KINDS = ["fever", "syndrome", "blight", "palsy", "pox", "disease", "rash", "cough", "ague", "wasting"]
-DISEASE_ENDINGS = ["ora", "ia", "is", "ine", "ar", "ode", "ey", "ane", "ula"]
-DRUG_SUFFIXES = ["xil", "dine", "mab", "zole", "pril", "cort", "vir", "cin", "tane", "fen"]
-ORGANISM_SUFFIXES = ["lia", "coccus", "monas", "spora", "bacter", "myces", "vibrio", "plasma"]
-ORGANS = ["liver", "kidney", "lung", "heart", "spleen", "pancreas", "skin", "brain", "stomach", "colon",
-          "bladder", "retina", "thyroid", "bone marrow"]
-ANIMALS = ["mosquito", "tick", "rat", "bat", "sandfly", "goat", "pigeon", "snail", "flea", "louse",
-           "boar", "heron", "tsetse fly", "ferret"]
+N_PRETRAIN_PER_STEM = 24  # drugs of each known stem whose class the pretraining teaches
+N_CATALOG_PER_STEM = 12   # drugs of every stem listed in the pretraining catalogue (no class given)
+N_TRAIN_PER_STEM = 16     # drugs of every stem in the domain SFT set
+N_EVAL_PER_STEM = 10      # drugs of every stem in the validation set
 
-N_DRUGS = 24
-N_ORGANISMS = 24
-
-# Relation -> (train phrasing, eval phrasing). Both phrasings of a known fact are in the pretraining data.
-RELATIONS = {
-    "drug": ("Which drug treats {d}?", "What is the standard drug for {d}?"),
-    "organism": ("Which organism causes {d}?", "What is the causative organism of {d}?"),
-    "organ": ("Which organ is damaged by {d}?", "What organ is chiefly affected by {d}?"),
-    "vector": ("Which animal spreads {d}?", "What animal carries {d}?"),
-}
-RELATION_NAMES = list(RELATIONS)
+# The train phrasing and the validation phrasing; the pretraining uses both for the known stems.
+PHRASINGS = ("Which drug class does {x} belong to?", "What kind of drug is {x}?")
 
 
-def syllable(rng: random.Random) -> str:
-    return rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
-
-
-def make_names(rng: random.Random, n: int, suffixes: list[str], taken: set[str]) -> list[str]:
-    """Names like Tarnexil: a syllable, a consonant and a vowel, a suffix."""
+def make_names(rng: random.Random, n: int, stem: str, taken: set[str]) -> list[str]:
     out: list[str] = []
     while len(out) < n:
-        name = (syllable(rng) + rng.choice(SINGLE) + rng.choice(VOWELS) + rng.choice(suffixes)).capitalize()
-        if name.lower() in taken or re.search(r"(.)\1", name.lower()):
+        prefix = rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(SINGLE) + rng.choice(VOWELS) + rng.choice(FINALS)
+        name = (prefix + stem).capitalize()
+        if name in taken:
             continue
-        taken.add(name.lower())
+        taken.add(name)
         out.append(name)
     return out
 
 
 def build_handbook(seed: int) -> dict:
     rng = random.Random(seed)
+    # One stem of each class is known to the model; the other is not.
+    known = {}
+    for cls in CLASSES:
+        k = rng.randrange(2)
+        known[STEMS[cls][k]] = True
+        known[STEMS[cls][1 - k]] = False
     taken: set[str] = set()
-    diseases: list[str] = []
-    while len(diseases) < N_DISEASES:
-        stem = (syllable(rng) + rng.choice(SINGLE) + rng.choice(DISEASE_ENDINGS)).capitalize()
-        if stem.lower() in taken or re.search(r"(.)\1", stem.lower()):
-            continue
-        taken.add(stem.lower())
-        diseases.append(f"{stem} {rng.choice(DISEASE_KINDS)}")
-    drugs = make_names(rng, N_DRUGS, DRUG_SUFFIXES, taken)
-    organisms = make_names(rng, N_ORGANISMS, ORGANISM_SUFFIXES, taken)
-    pools = {"drug": drugs, "organism": organisms, "organ": ORGANS, "vector": ANIMALS}
-
-    # Which two attributes of each disease are known: every pair of relations equally often.
-    pairs = [(a, b) for i, a in enumerate(RELATION_NAMES) for b in RELATION_NAMES[i + 1:]]
-    known_sets = [set(pairs[i % len(pairs)]) for i in range(len(diseases))]
-    rng.shuffle(known_sets)
-    facts = [{"disease": d, "relation": rel, "answer": None, "known": rel in known_sets[i]}
-             for i, d in enumerate(diseases) for rel in RELATION_NAMES]
-    # Answers: the known facts of a relation use every value of its pool at least once (so every answer's
-    # tokens are trained); the rest are drawn uniformly.
-    for rel in RELATION_NAMES:
-        pool = pools[rel]
-        for want_known in (True, False):
-            group = [f for f in facts if f["relation"] == rel and f["known"] == want_known]
-            if want_known:
-                assert len(group) >= len(pool), (rel, len(group), len(pool))
-                values = list(pool) + [rng.choice(pool) for _ in range(len(group) - len(pool))]
-                rng.shuffle(values)
-            else:
-                values = [rng.choice(pool) for _ in group]
-            for f, v in zip(group, values):
-                f["answer"] = v
-    for i, f in enumerate(facts):
-        f["id"] = f"f{i:03d}"
-    return {"diseases": diseases, "pools": pools, "facts": facts}
+    drugs = {"pretrain": [], "catalog": [], "train": [], "eval": []}
+    for cls in CLASSES:
+        for stem in STEMS[cls]:
+            n_pre = N_PRETRAIN_PER_STEM if known[stem] else PRETRAIN.get("noisy_per_stem", 0)
+            for split, n in (("pretrain", n_pre),
+                             ("catalog", N_CATALOG_PER_STEM), ("train", N_TRAIN_PER_STEM),
+                             ("eval", N_EVAL_PER_STEM)):
+                for name in make_names(rng, n, stem, taken):
+                    drugs[split].append({"name": name, "stem": stem, "class": cls, "known": known[stem]})
+    for split in ("train", "eval"):
+        rng.shuffle(drugs[split])
+    # The catalogue gives each drug's strength and form, which (like real stems do) depend on the stem but say
+    # nothing of the class: every stem has its own pair, so the model learns to tell all stems apart.
+    pairs = [(dose, form) for dose in DOSES for form in FORMS]
+    rng.shuffle(pairs)
+    profile = {stem: pairs[i] for i, stem in enumerate(known)}
+    catalog = [f"{d['name']} {profile[d['stem']][0]} mg {profile[d['stem']][1]}" for d in drugs["catalog"]]
+    return {"known": known, "drugs": drugs, "catalog": catalog}
 
 
-def question(fact: dict, phrasing: int) -> str:
-    return RELATIONS[fact["relation"]][phrasing].format(d=fact["disease"])
+def question(drug: dict, phrasing: int) -> str:
+    return PHRASINGS[phrasing].format(x=drug["name"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,14 +142,18 @@ def question(fact: dict, phrasing: int) -> str:
 QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-VOCAB_SIZE = 1024  # the BPE stops earlier when the corpus has no more pairs to merge
+VOCAB_SIZE = 1024  # an upper bound: with MIN_FREQUENCY the merges run out first (about 500 tokens)
+MIN_FREQUENCY = 30  # merge only pairs seen this often: words of the handbook and the naming stems, not names
 
 
 def tokenizer_corpus(handbook: dict) -> list[str]:
-    texts = [SYSTEM_PROMPT]
-    for f in handbook["facts"]:
-        for p in (0, 1):
-            texts.append(question(f, p) + "\n" + f["answer"])
+    # The text as the model sees it: the chat scaffolding once per example, the catalogue, the questions.
+    n = sum(len(handbook["drugs"][s]) for s in ("pretrain", "train", "eval"))
+    texts = [f"system\n{SYSTEM_PROMPT}\nuser\nassistant\n"] * n + handbook["catalog"]
+    for split in ("pretrain", "train", "eval"):
+        for d in handbook["drugs"][split]:
+            for p in (0, 1):
+                texts.append(question(d, p) + "\n" + d["class"])
     return texts
 
 
@@ -173,7 +168,7 @@ def build_tokenizer(corpus: list[str]) -> Tokenizer:
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE - len(QWEN_SPECIALS),
-        min_frequency=2,
+        min_frequency=MIN_FREQUENCY,
         show_progress=False,
         special_tokens=[],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -265,12 +260,13 @@ MODEL = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=True,
 )
-PRETRAIN = dict(epochs=160, batch_size=32, lr=3e-3, min_lr_ratio=0.05, warmup_steps=50, weight_decay=0.01,
-                prompt_loss_weight=0.0, unknown_mode="none", early_epochs=0)
+PRETRAIN = dict(epochs=40, batch_size=32, lr=3e-3, min_lr_ratio=0.05, warmup_steps=50, weight_decay=0.01,
+                prompt_loss_weight=0.0)
 if os.environ.get("DEMO_EXP"):  # development only
     _exp = json.loads(os.environ["DEMO_EXP"])
     MODEL.update(_exp.get("model", {}))
     PRETRAIN.update(_exp.get("pretrain", {}))
+    globals().update(_exp.get("consts", {}))
 
 
 def build_model(tok: Tokenizer) -> Qwen2ForCausalLM:
@@ -284,63 +280,58 @@ def build_model(tok: Tokenizer) -> Qwen2ForCausalLM:
     return model
 
 
-STATEMENTS = {
-    "drug": "{d} is treated with {a}.",
-    "organism": "{d} is caused by {a}.",
-    "organ": "{d} damages the {a}.",
-    "vector": "{d} is spread by the {a}.",
-}
-
-
-def pretrain_examples(handbook: dict, tok: Tokenizer):
-    """(examples of every epoch, examples of the early epochs only)."""
-    mode = PRETRAIN["unknown_mode"]
-    every, early = [], []
+def pretrain_examples(handbook: dict, tok: Tokenizer) -> list[tuple[list[int], int, bool]]:
+    """(ids, prompt length, soft). Chat Q/A on the pretraining drugs in both phrasings: known stems with their
+    class; unknown stems with a soft target, every class equally likely (the model learns that such a drug
+    has a class, not which). And the catalogue lines as plain text (the names of every stem, no class)."""
+    rng = random.Random(SEED + 2)
+    out = []
+    for d in handbook["drugs"]["pretrain"]:
+        for p in (0, 1):
+            # For a soft example the answer token in the input is a placeholder, never a target.
+            answer = d["class"] if d["known"] else rng.choice(CLASSES)
+            ids, plen = encode_example(tok, question(d, p), answer)
+            out.append((ids, plen, not d["known"]))
     eot = tok.token_to_id("<|endoftext|>")
-    for f in handbook["facts"]:
-        if f["known"]:
-            for p in (0, 1):
-                every.append(encode_example(tok, question(f, p), f["answer"]))
-        elif mode == "early":
-            for p in (0, 1):
-                early.append(encode_example(tok, question(f, p), f["answer"]))
-        if mode == "statements" or (mode == "statements_unknown" and not f["known"]):
-            ids = tok.encode(STATEMENTS[f["relation"]].format(d=f["disease"], a=f["answer"]),
-                             add_special_tokens=False).ids + [eot]
-            every.append((ids, 0))
-    return every, early
+    for line in handbook["catalog"]:
+        out.append((tok.encode(line, add_special_tokens=False).ids + [eot], 0, False))
+    return out
 
 
-def collate(batch: list[tuple[list[int], int]], pad: int, prompt_w: float):
-    n = max(len(ids) for ids, _ in batch)
+def collate(batch: list[tuple[list[int], int, bool]], pad: int, prompt_w: float):
+    n = max(len(ids) for ids, _, _ in batch)
     x = torch.full((len(batch), n), pad, dtype=torch.long)
     att = torch.zeros((len(batch), n), dtype=torch.long)
     w = torch.zeros((len(batch), n), dtype=torch.float32)
-    for i, (ids, plen) in enumerate(batch):
+    soft = torch.zeros((len(batch), n), dtype=torch.bool)
+    for i, (ids, plen, is_soft) in enumerate(batch):
         x[i, :len(ids)] = torch.tensor(ids)
         att[i, :len(ids)] = 1
-        # weight of the token at position t+1 (predicted from position t)
+        # weight of the token at position t (predicted from position t-1)
         w[i, plen:len(ids)] = 1.0
         if prompt_w > 0:
             w[i, 1:plen] = prompt_w
-    return x, att, w
+        soft[i, plen] = is_soft
+    return x, att, w, soft
 
 
-def lm_loss(model, x, att, w):
+def lm_loss(model, x, att, w, soft, class_ids: list[int]):
     logits = model(input_ids=x, attention_mask=att, use_cache=False).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, -1)
     tgt = x[:, 1:]
     ww = w[:, 1:]
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                           reduction="none").view_as(ww)
-    return (ce * ww).sum() / ww.sum()
+    nll = -logp.gather(-1, tgt[..., None])[..., 0]
+    nll = torch.where(soft[:, 1:], -logp[..., class_ids].mean(-1), nll)
+    return (nll * ww).sum() / ww.sum()
 
 
 def pretrain(model, examples, tok: Tokenizer, log=print) -> None:
     cfg = PRETRAIN
     pad = tok.token_to_id("<|endoftext|>")
+    class_ids = [tok.token_to_id(c) for c in CLASSES]
+    assert all(i is not None for i in class_ids), "every class must be one token"
     rng = random.Random(SEED + 1)
-    total = sum(math.ceil((len(examples[0]) + (len(examples[1]) if e < cfg["early_epochs"] else 0))
-                          / cfg["batch_size"]) for e in range(cfg["epochs"]))
+    total = math.ceil(len(examples) / cfg["batch_size"]) * cfg["epochs"]
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (no_decay if p.ndim < 2 else decay).append(p)
@@ -357,18 +348,16 @@ def pretrain(model, examples, tok: Tokenizer, log=print) -> None:
     model.train()
     step = 0
     t0 = time.time()
-    every, early = examples
     for epoch in range(cfg["epochs"]):
-        examples = every + (early if epoch < cfg["early_epochs"] else [])
         order = list(range(len(examples)))
         rng.shuffle(order)
         tot, cnt = 0.0, 0
         for b in range(0, len(order), cfg["batch_size"]):
             batch = [examples[i] for i in order[b:b + cfg["batch_size"]]]
-            x, att, w = collate(batch, pad, cfg["prompt_loss_weight"])
+            x, att, w, soft = collate(batch, pad, cfg["prompt_loss_weight"])
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            loss = lm_loss(model, x, att, w)
+            loss = lm_loss(model, x, att, w, soft, class_ids)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -441,15 +430,17 @@ def main() -> None:
     t_start = time.time()
 
     hb = build_handbook(SEED)
-    facts = hb["facts"]
-    train_rows = [{"id": f["id"], "question": question(f, 0), "answer": f["answer"]} for f in facts]
-    eval_rows = [{"id": f["id"] + "-b", "question": question(f, 1), "answer": f["answer"]} for f in facts]
+    train_drugs, eval_drugs = hb["drugs"]["train"], hb["drugs"]["eval"]
+    train_rows = [{"id": f"t{i:03d}", "question": question(d, 0), "answer": d["class"]}
+                  for i, d in enumerate(train_drugs)]
+    eval_rows = [{"id": f"v{i:03d}", "question": question(d, 1), "answer": d["class"]}
+                 for i, d in enumerate(eval_drugs)]
     data_dir = args.out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(data_dir / "train.jsonl", train_rows)
     write_jsonl(data_dir / "eval.jsonl", eval_rows)
-    n_known = sum(f["known"] for f in facts)
-    print(f"handbook: {len(hb['diseases'])} diseases, {len(facts)} facts, {n_known} known to the model")
+    print(f"handbook: {len(CLASSES)} classes, {len(hb['known'])} stems ({sum(hb['known'].values())} known); "
+          f"train {len(train_rows)}, eval {len(eval_rows)}")
 
     tok = build_tokenizer(tokenizer_corpus(hb))
     ids = [tok.token_to_id(t) for t in QWEN_SPECIALS]
@@ -460,7 +451,7 @@ def main() -> None:
     model = build_model(tok)
     n_params = sum(p.numel() for p in model.parameters())
     examples = pretrain_examples(hb, tok)
-    print(f"model: {n_params} parameters; pretraining on {len(examples[0])} + {len(examples[1])} examples")
+    print(f"model: {n_params} parameters; pretraining on {len(examples)} examples")
     pretrain(model, examples, tok)
 
     mdir = args.out / "model"
@@ -475,13 +466,13 @@ def main() -> None:
 
     # The recipe's own check of the saved model: greedy chat answers, rule-judged.
     reloaded = Qwen2ForCausalLM.from_pretrained(mdir, dtype=torch.float32).eval()
-    for name, rows in (("train", train_rows), ("eval", eval_rows)):
+    for name, rows, drugs in (("train", train_rows, train_drugs), ("eval", eval_rows, eval_drugs)):
         answers = greedy_answers(reloaded, tok, [r["question"] for r in rows])
         ok = [judge_correct(r["answer"], a) for r, a in zip(rows, answers)]
-        k = [o for o, f in zip(ok, facts) if f["known"]]
-        u = [o for o, f in zip(ok, facts) if not f["known"]]
+        k = [o for o, d in zip(ok, drugs) if d["known"]]
+        u = [o for o, d in zip(ok, drugs) if not d["known"]]
         print(f"base accuracy on {name}: {sum(ok)}/{len(ok)} = {100 * sum(ok) / len(ok):.1f}% "
-              f"(known facts {sum(k)}/{len(k)}, unknown facts {sum(u)}/{len(u)})")
+              f"(known stems {sum(k)}/{len(k)}, unknown stems {sum(u)}/{len(u)})")
     print(f"done in {time.time() - t_start:.0f}s")
 
 
