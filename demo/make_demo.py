@@ -1,23 +1,23 @@
 #!/usr/bin/env python3
-"""Build the embedded demo of slearn: a fictional pharmacology handbook, its SFT and validation sets, and a
-tiny Qwen2 chat model that has learned only part of the handbook.
+"""Build the embedded demo of slearn: a fictional drug-naming handbook, its SFT and validation sets, and a
+tiny Qwen2 chat model that has learned only half of the handbook.
 
     /opt/slearn-ref/bin/python demo/make_demo.py [--out DIR]
 
-Writes (under demo/ unless --out):
+Writes (under demo/ unless --out; see demo/README.md):
 
-    data/train.jsonl   the domain SFT set: every fact of the handbook, asked in its first phrasing
-    data/eval.jsonl    the validation set: every fact again, asked in a second phrasing
+    data/train.jsonl   the domain SFT set (320 questions): "Which drug class does X belong to?"
+    data/eval.jsonl    the validation set (200 questions about other drugs): "What kind of drug is X?"
     model/             config.json, generation_config.json, model.safetensors (F32),
                        tokenizer.json, tokenizer_config.json
 
-The handbook is generated from a seed: fictional diseases, each with four attributes (the drug that treats
-it, the organism that causes it, the organ it damages, the animal that spreads it). Half of the facts (two of
-the four per disease) are "known": the model is pretrained, from scratch, on chat-formatted questions about
-them in both phrasings. The other half never reach the model, so it answers those questions with a plausible
-but (almost always) wrong guess. The self-learning loop then finds and teaches exactly those.
+The domain: a drug's class is told by the naming stem its name ends with (as real stems such as -vir or
+-mab do), with ten classes and two stems each. The model is pretrained from scratch on the stems of one half
+(one stem per class); of the other half it has seen drug names but was never told a class, so it answers
+those questions with a guess. Answering the SFT set, judging and fine-tuning LoRA on the wrong answers teaches
+the missing stems, which the validation set (other drug names, another phrasing) measures.
 
-Everything runs on the CPU with one thread and fixed seeds: two runs write byte-identical files.
+Deterministic: fixed seeds, one CPU thread; two runs write byte-identical files (a few minutes on a laptop).
 """
 from __future__ import annotations
 
@@ -28,16 +28,16 @@ import os
 import random
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
-# Single-threaded, reproducible tokenizer training and torch. Must be set before the imports.
+# Single-threaded, reproducible tokenizer training and torch; never the GPU. Set before the imports.
 os.environ["RAYON_NUM_THREADS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import torch  # noqa: E402
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers  # noqa: E402
@@ -81,6 +81,7 @@ FORMS = ["tablets", "capsules", "syrup", "injection", "cream", "drops", "inhaler
 DOSES = ["1", "2", "5", "10", "20", "25", "40", "50", "100", "200", "250", "500"]
 
 N_PRETRAIN_PER_STEM = 24  # drugs of each known stem whose class the pretraining teaches
+N_UNSURE_PER_STEM = 12    # drugs of each unknown stem asked in the pretraining with a soft target (below)
 N_CATALOG_PER_STEM = 12   # drugs of every stem listed in the pretraining catalogue (no class given)
 N_TRAIN_PER_STEM = 16     # drugs of every stem in the domain SFT set
 N_EVAL_PER_STEM = 10      # drugs of every stem in the validation set
@@ -113,7 +114,7 @@ def build_handbook(seed: int) -> dict:
     drugs = {"pretrain": [], "catalog": [], "train": [], "eval": []}
     for cls in CLASSES:
         for stem in STEMS[cls]:
-            n_pre = N_PRETRAIN_PER_STEM if known[stem] else PRETRAIN.get("noisy_per_stem", 0)
+            n_pre = N_PRETRAIN_PER_STEM if known[stem] else N_UNSURE_PER_STEM
             for split, n in (("pretrain", n_pre),
                              ("catalog", N_CATALOG_PER_STEM), ("train", N_TRAIN_PER_STEM),
                              ("eval", N_EVAL_PER_STEM)):
@@ -250,8 +251,8 @@ def judge_correct(reference: str, answer: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 MODEL = dict(
-    hidden_size=128,
-    intermediate_size=384,
+    hidden_size=256,
+    intermediate_size=512,
     num_hidden_layers=4,
     num_attention_heads=4,
     num_key_value_heads=2,
@@ -260,13 +261,8 @@ MODEL = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=True,
 )
-PRETRAIN = dict(epochs=40, batch_size=32, lr=3e-3, min_lr_ratio=0.05, warmup_steps=50, weight_decay=0.01,
-                prompt_loss_weight=0.0)
-if os.environ.get("DEMO_EXP"):  # development only
-    _exp = json.loads(os.environ["DEMO_EXP"])
-    MODEL.update(_exp.get("model", {}))
-    PRETRAIN.update(_exp.get("pretrain", {}))
-    globals().update(_exp.get("consts", {}))
+# Full training from scratch: AdamW, linear warmup then cosine decay to min_lr_ratio * lr.
+PRETRAIN = dict(epochs=40, batch_size=32, lr=3e-3, min_lr_ratio=0.05, warmup_steps=50, weight_decay=0.01)
 
 
 def build_model(tok: Tokenizer) -> Qwen2ForCausalLM:
@@ -281,9 +277,10 @@ def build_model(tok: Tokenizer) -> Qwen2ForCausalLM:
 
 
 def pretrain_examples(handbook: dict, tok: Tokenizer) -> list[tuple[list[int], int, bool]]:
-    """(ids, prompt length, soft). Chat Q/A on the pretraining drugs in both phrasings: known stems with their
-    class; unknown stems with a soft target, every class equally likely (the model learns that such a drug
-    has a class, not which). And the catalogue lines as plain text (the names of every stem, no class)."""
+    """(ids, prompt length, soft). Chat Q/A on the pretraining drugs in both phrasings: the known stems with
+    their class; the unknown stems with a soft target, every class equally likely, so the model learns that
+    it cannot tell their class (it guesses, with little confidence) rather than tying them to a known stem.
+    And the catalogue lines as plain text, which teach every stem's name and strength but no class."""
     rng = random.Random(SEED + 2)
     out = []
     for d in handbook["drugs"]["pretrain"]:
@@ -298,7 +295,7 @@ def pretrain_examples(handbook: dict, tok: Tokenizer) -> list[tuple[list[int], i
     return out
 
 
-def collate(batch: list[tuple[list[int], int, bool]], pad: int, prompt_w: float):
+def collate(batch: list[tuple[list[int], int, bool]], pad: int):
     n = max(len(ids) for ids, _, _ in batch)
     x = torch.full((len(batch), n), pad, dtype=torch.long)
     att = torch.zeros((len(batch), n), dtype=torch.long)
@@ -307,15 +304,14 @@ def collate(batch: list[tuple[list[int], int, bool]], pad: int, prompt_w: float)
     for i, (ids, plen, is_soft) in enumerate(batch):
         x[i, :len(ids)] = torch.tensor(ids)
         att[i, :len(ids)] = 1
-        # weight of the token at position t (predicted from position t-1)
-        w[i, plen:len(ids)] = 1.0
-        if prompt_w > 0:
-            w[i, 1:plen] = prompt_w
+        w[i, plen:len(ids)] = 1.0  # the loss is on the answer and its end token (position t: token t)
         soft[i, plen] = is_soft
     return x, att, w, soft
 
 
 def lm_loss(model, x, att, w, soft, class_ids: list[int]):
+    """Mean cross-entropy over the weighted tokens; at a soft position, the mean over the classes (the
+    cross-entropy against the uniform distribution on them)."""
     logits = model(input_ids=x, attention_mask=att, use_cache=False).logits[:, :-1].float()
     logp = torch.log_softmax(logits, -1)
     tgt = x[:, 1:]
@@ -333,7 +329,7 @@ def pretrain(model, examples, tok: Tokenizer, log=print) -> None:
     rng = random.Random(SEED + 1)
     total = math.ceil(len(examples) / cfg["batch_size"]) * cfg["epochs"]
     decay, no_decay = [], []
-    for n, p in model.named_parameters():
+    for _, p in model.named_parameters():
         (no_decay if p.ndim < 2 else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg["lr"], betas=(0.9, 0.98))
@@ -354,7 +350,7 @@ def pretrain(model, examples, tok: Tokenizer, log=print) -> None:
         tot, cnt = 0.0, 0
         for b in range(0, len(order), cfg["batch_size"]):
             batch = [examples[i] for i in order[b:b + cfg["batch_size"]]]
-            x, att, w, soft = collate(batch, pad, cfg["prompt_loss_weight"])
+            x, att, w, soft = collate(batch, pad)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             loss = lm_loss(model, x, att, w, soft, class_ids)
