@@ -52,6 +52,7 @@ struct Dataset {
   std::vector<DatasetRecord> records;
   std::vector<BadRecord> bad;  // with on_bad_record: skip
   std::string format;          // the format used (auto resolved)
+  bool json_array = false;     // a JSON array (DatasetRecord::line is the element's number), else JSONL (the line)
 };
 
 // Reads a data set. With on_bad_record "error" the first bad record throws InputError

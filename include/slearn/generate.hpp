@@ -37,6 +37,10 @@ struct GenerationOptions {
   std::vector<TokenId> stop_ids;  // generation ends after emitting any of these (the stop id is kept)
   std::int32_t batch_size = 8;
   LongPromptPolicy long_prompt = LongPromptPolicy::Error;
+  // Asked before every forward step (optional): when it returns true, generation returns at once. Sequences
+  // not finished by then are left incomplete and on_finished is not called for them, so a caller that wrote
+  // each finished one out loses no finished work (a stop on request takes at most one step).
+  std::function<bool()> should_stop;
 };
 
 enum class FinishReason { Stop, Length, Context };

@@ -4,7 +4,10 @@
 // a validation set before and after. Every stage resumes: running the same command again skips what is done.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "slearn/communicator.hpp"
 #include "slearn/run_config.hpp"
@@ -14,6 +17,7 @@ namespace slearn {
 struct PipelineOptions {
   bool force = false;          // run even if run_dir was started with another configuration, model or data set
   bool show_progress = true;
+  std::optional<std::int64_t> inject_nan_at_step;  // testing aid: see TrainRunOptions
 };
 
 struct StageTime {
@@ -24,6 +28,7 @@ struct StageTime {
 
 struct PipelineSummary {
   std::int64_t records = 0, bad_records = 0, incorrect = 0, trained_on = 0;
+  std::int64_t skipped_steps = 0;  // training steps skipped for non-finite values (nan_policy skip_step), all rounds
   double incorrect_rate = 0;
   int world_size = 1;
   std::vector<StageTime> stages;

@@ -50,6 +50,7 @@ struct TrainSettings {
   bool gradient_checkpointing = false;
   std::uint64_t seed = 42;
   std::int64_t max_steps = -1;           // stop after this many steps (-1: run all epochs)
+  std::string nan_policy = "stop";       // non-finite loss or gradient: stop | skip_step
 };
 
 struct CheckpointSettings {

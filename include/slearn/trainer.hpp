@@ -23,6 +23,10 @@ struct TrainRunOptions {
   std::optional<std::int64_t> stop_at_step;  // checkpoint and return once this many steps are done
   bool show_progress = true;                // a progress bar on a terminal, log lines otherwise
   std::string initial_adapter;              // start from this PEFT adapter instead of a fresh one (later rounds)
+  std::string stage = "train";              // how a stop on request names this work (the pipeline: "round 2 train")
+  // Testing aid (--inject-nan-at-step): rank 0 puts a NaN into one gradient (the middle LoRA parameter's) of
+  // step N before the gradients are summed, to exercise train.nan_policy deterministically.
+  std::optional<std::int64_t> inject_nan_at_step;
 };
 
 struct TrainResult {
@@ -33,6 +37,7 @@ struct TrainResult {
   double seconds = 0;              // wall time of this invocation's steps
   double tokens_per_second = 0;    // all ranks' tokens (prompt and answer) per wall second
   std::size_t activation_bytes = 0;  // kept between forward and backward, largest micro-batch
+  std::int64_t skipped_steps = 0;    // steps skipped for non-finite values, resumed runs included (rank 0's count)
   ExampleStats examples;
 };
 

@@ -1,8 +1,10 @@
 // slearn_dist run: the whole self-learning job, under mpirun or alone.
 #include "cli/commands.hpp"
 #include "slearn/communicator.hpp"
+#include "slearn/input_check.hpp"
 #include "slearn/pipeline.hpp"
 #include "slearn/run_config.hpp"
+#include "slearn/stop.hpp"
 
 namespace slearn::cli {
 
@@ -12,6 +14,7 @@ Command add_run_command(CLI::App& app) {
     std::vector<std::string> overrides;
     bool force = false;
     bool quiet = false;
+    std::optional<std::int64_t> inject_nan_at_step;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("run", "The self-learning job: answer, judge, gather, train, evaluate");
@@ -19,14 +22,25 @@ Command add_run_command(CLI::App& app) {
   sub->add_option("--set", o->overrides, "Override a key: --set train_on=all (repeatable)");
   sub->add_flag("--force", o->force, "Start over in a run_dir made by another configuration, model or data set");
   sub->add_flag("--quiet", o->quiet, "No progress output");
+  // A testing aid (docs/stopping.md), left out of --help: makes training step N's gradients non-finite.
+  sub->add_option("--inject-nan-at-step", o->inject_nan_at_step, "Testing aid: a NaN gradient at this step")
+      ->group("");
   return [o]() {
-    MpiSession mpi(nullptr, nullptr);
-    const RunConfig config = load_run_config(o->config, o->overrides);
+    start_mpi();  // finalized by main() after it has reported the outcome
+    // After MPI_Init, so that these handlers are the ones in place whatever MPI installs.
+    install_stop_handlers();
     auto comm = make_mpi_communicator();
-    PipelineOptions options;
-    options.force = o->force;
-    options.show_progress = !o->quiet;
-    run_pipeline(config, *comm, options);
+    try {
+      RunConfig config;
+      check_on_all_ranks(*comm, [&] { config = load_run_config(o->config, o->overrides); });
+      PipelineOptions options;
+      options.force = o->force;
+      options.show_progress = !o->quiet;
+      options.inject_nan_at_step = o->inject_nan_at_step;
+      run_pipeline(config, *comm, options);
+    } catch (const ReportedByAnotherRank& e) {
+      return e.exit_code();  // bad input: another rank prints the line (docs/failures.md)
+    }
     return 0;
   };
 }

@@ -4,6 +4,7 @@
 #include "cli/commands.hpp"
 #include "slearn/communicator.hpp"
 #include "slearn/merge.hpp"
+#include "slearn/stop.hpp"
 #include "slearn/train_config.hpp"
 #include "slearn/trainer.hpp"
 
@@ -16,6 +17,7 @@ Command add_train_command(CLI::App& app) {
     bool force = false;
     std::optional<std::int64_t> stop_at_step;
     bool quiet = false;
+    std::optional<std::int64_t> inject_nan_at_step;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("train", "LoRA fine-tuning on question/answer records (YAML configuration)");
@@ -24,21 +26,29 @@ Command add_train_command(CLI::App& app) {
   sub->add_flag("--force", o->force, "Start over even if run_dir holds checkpoints of another run");
   sub->add_option("--stop-at-step", o->stop_at_step, "Checkpoint and stop once this many steps are done");
   sub->add_flag("--quiet", o->quiet, "No progress output");
+  // A testing aid (docs/stopping.md), left out of --help: makes training step N's gradients non-finite.
+  sub->add_option("--inject-nan-at-step", o->inject_nan_at_step, "Testing aid: a NaN gradient at this step")
+      ->group("");
   return [o]() {
+    install_stop_handlers();
     const TrainConfig config = load_train_config(o->config, o->overrides);
     auto comm = make_single_process_communicator();
     TrainRunOptions options;
     options.force = o->force;
     options.stop_at_step = o->stop_at_step;
     options.show_progress = !o->quiet;
+    options.inject_nan_at_step = o->inject_nan_at_step;
     const TrainResult r = train_lora(config, *comm, options);
+    const std::string skipped =
+        r.skipped_steps > 0 ? ", " + std::to_string(r.skipped_steps) + " step(s) skipped (non-finite)" : "";
     if (!o->quiet)
       std::fprintf(stderr, "slearn_dist train: %s at step %lld/%lld (resumed from %lld), last loss %.4f, %.0f tok/s, "
-                   "%.1f MB of activations kept per micro-batch%s\n",
+                   "%.1f MB of activations kept per micro-batch%s%s\n",
                    r.finished ? "finished" : "stopped", static_cast<long long>(r.steps_done),
                    static_cast<long long>(r.total_steps), static_cast<long long>(r.resumed_from), r.last_loss,
                    r.tokens_per_second, static_cast<double>(r.activation_bytes) / 1e6,
-                   config.train.gradient_checkpointing ? " (gradient checkpointing)" : "");
+                   config.train.gradient_checkpointing ? " (gradient checkpointing)" : "",
+                   skipped.c_str());
     return 0;
   };
 }

@@ -10,6 +10,11 @@ namespace slearn::cli {
 
 using Command = std::function<int()>;
 
+// Starts MPI for a command that needs it. main() finalizes it only after it has printed the command's outcome:
+// mpirun ends the whole job as soon as one rank exits non-zero, and MPI_Finalize waits for every rank, so the
+// reporting rank's line must be out before it enters MPI_Finalize, or another rank's exit can cut it off.
+void start_mpi();
+
 Command add_generate_command(CLI::App& app);
 Command add_tokenize_command(CLI::App& app);
 Command add_train_command(CLI::App& app);

@@ -1,11 +1,55 @@
 // slearn_dist: the one binary. Errors from the library arrive here as exceptions and leave as one line on
-// stderr and an exit code: 2 for input the user can fix, 1 for anything else.
+// stderr and an exit code: 2 for input the user can fix, 1 for anything else, 75 for a run stopped on request
+// (SIGTERM, SIGUSR1) with its outputs saved (docs/stopping.md).
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <optional>
 
 #include "cli/commands.hpp"
+#include "slearn/communicator.hpp"
 #include "slearn/error.hpp"
+#include "slearn/input_check.hpp"
+#include "slearn/stop.hpp"
+
+namespace {
+
+std::optional<slearn::MpiSession> g_mpi;
+
+// Runs the parsed command and turns what it throws into one line and an exit code.
+int run_command(const std::map<CLI::App*, slearn::cli::Command>& commands, bool verbose_errors) {
+  try {
+    for (auto& [sub, command] : commands)
+      if (sub->parsed()) return command();
+    return 2;
+  } catch (const slearn::StopRequested& e) {
+    // Every rank of the job stops together; one of them reports, so the line appears once.
+    if (e.report()) std::cerr << "slearn_dist: " << e.what() << std::endl;
+    return slearn::kExitStopped;
+  } catch (const slearn::ReportedByAnotherRank& e) {
+    return e.exit_code();  // a failure every rank saw alike; another rank prints it (docs/failures.md)
+  } catch (const slearn::InputError& e) {
+    std::cerr << "slearn_dist: error: " << e.what();
+    if (verbose_errors) std::cerr << " [" << e.source_file() << ":" << e.source_line() << "]";
+    std::cerr << std::endl;
+    return 2;
+  } catch (const slearn::Error& e) {
+    std::cerr << "slearn_dist: error: " << e.what();
+    if (verbose_errors) std::cerr << " [" << e.source_file() << ":" << e.source_line() << "]";
+    std::cerr << std::endl;
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "slearn_dist: internal error: " << e.what() << std::endl;
+    return 1;
+  }
+}
+
+}  // namespace
+
+void slearn::cli::start_mpi() {
+  if (!g_mpi) g_mpi.emplace(nullptr, nullptr);
+}
 
 int main(int argc, char** argv) {
   CLI::App app{"slearn_dist: self-learning fine-tuning of chat models (SLearnLLM) on HPC clusters"};
@@ -35,22 +79,7 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 2;
   }
 
-  try {
-    for (auto& [sub, command] : commands)
-      if (sub->parsed()) return command();
-    return 2;
-  } catch (const slearn::InputError& e) {
-    std::cerr << "slearn_dist: error: " << e.what();
-    if (verbose_errors) std::cerr << " [" << e.source_file() << ":" << e.source_line() << "]";
-    std::cerr << std::endl;
-    return 2;
-  } catch (const slearn::Error& e) {
-    std::cerr << "slearn_dist: error: " << e.what();
-    if (verbose_errors) std::cerr << " [" << e.source_file() << ":" << e.source_line() << "]";
-    std::cerr << std::endl;
-    return 1;
-  } catch (const std::exception& e) {
-    std::cerr << "slearn_dist: internal error: " << e.what() << std::endl;
-    return 1;
-  }
+  const int code = run_command(commands, verbose_errors);
+  g_mpi.reset();  // MPI_Finalize, once the outcome is reported (see start_mpi)
+  return code;
 }

@@ -78,6 +78,7 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
   std::vector<TokenId> tokens;
   std::vector<SequenceChunk> chunks;
   while (next < prompts.size() || !active.empty()) {
+    if (options.should_stop && options.should_stop()) break;
     while (!free_slots.empty() && next < prompts.size()) {
       Active a{next, free_slots.front(), 0, std::vector<TokenId>(inputs[next].begin(), inputs[next].end()),
                sequence_rng(options.sampling.seed, next)};

@@ -29,4 +29,17 @@ inline std::string json_type_name(const nlohmann::json& value) {
   return "a " + std::string(value.type_name());
 }
 
+// nlohmann's error without its tag: "[json.exception.parse_error.101] parse error at line 1, column 1: syntax
+// error ..." -> "line 1, column 1: syntax error ...". The tag names a library's internals, not the user's file.
+inline std::string json_error_text(const nlohmann::json::exception& e) {
+  std::string what = e.what();
+  if (what.rfind("[json.exception.", 0) == 0) {
+    if (const auto bracket = what.find("] "); bracket != std::string::npos) what.erase(0, bracket + 2);
+  }
+  for (const char* prefix : {"parse error at ", "parse error: "}) {
+    if (what.rfind(prefix, 0) == 0) what.erase(0, std::char_traits<char>::length(prefix));
+  }
+  return what;
+}
+
 }  // namespace slearn::io_detail

@@ -162,7 +162,7 @@ json parse_object(const std::string& text, const std::string& source) {
   try {
     root = json::parse(text);
   } catch (const json::exception& e) {
-    throw InputError(source + ": not valid JSON: " + e.what());
+    throw InputError(source + ": not valid JSON (" + io_detail::json_error_text(e) + ")");
   }
   if (!root.is_object()) throw InputError(source + ": expected a JSON object, found " + json_type_name(root));
   return root;

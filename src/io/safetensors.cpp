@@ -32,6 +32,9 @@ using io_detail::shape_to_string;
 
 // The reference implementation refuses headers above this size.
 constexpr std::uint64_t kMaxHeaderSize = 100'000'000;
+// And, as its JSON parser (serde_json) does, JSON nested deeper than this: json::dump recurses, so showing a
+// deeper value in a message would overflow the stack.
+constexpr int kMaxHeaderDepth = 128;
 
 [[noreturn]] void fail(const std::filesystem::path& path, const std::string& what) {
   throw InputError(path.string() + ": " + what);
@@ -207,9 +210,13 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesyst
   }
   json root;
   try {
-    root = json::parse(header);
+    root = json::parse(header, [&path](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxHeaderDepth)
+        fail(path, "header nests JSON values deeper than " + std::to_string(kMaxHeaderDepth) + " levels");
+      return true;
+    });
   } catch (const json::exception& e) {
-    fail(path, std::string("header is not valid JSON: ") + e.what());
+    fail(path, "header is not valid JSON (" + io_detail::json_error_text(e) + ")");
   }
   if (!root.is_object()) fail(path, "header must be a JSON object, found " + json_type_name(root));
 

@@ -31,7 +31,7 @@ json read_index(const std::filesystem::path& index_path) {
   try {
     return json::parse(text.str());
   } catch (const json::exception& e) {
-    fail(index_path, std::string("not valid JSON: ") + e.what());
+    fail(index_path, "not valid JSON (" + io_detail::json_error_text(e) + ")");
   }
 }
 
@@ -106,11 +106,23 @@ WeightStore WeightStore::open(const std::filesystem::path& model_dir) {
 
 bool WeightStore::contains(const std::string& name) const { return owner_.count(name) != 0; }
 
+namespace {
+
+// A tensor asked for (by the architecture config.json describes, or by an adapter) that the weights do not
+// hold: names the model directory, the tensor and where it was looked for.
+[[noreturn]] void missing_tensor(const std::filesystem::path& model_dir, const std::string& name) {
+  std::error_code ec;
+  const bool single = std::filesystem::exists(model_dir / kSingleFile, ec);
+  throw InputError(model_dir.string() + ": tensor \"" + name + "\" is missing from the weights (" +
+                   (model_dir / (single ? kSingleFile : kIndexFile)).string() + (single ? "" : " and its shards") +
+                   ")");
+}
+
+}  // namespace
+
 const TensorInfo& WeightStore::info(const std::string& name) const {
   const auto it = owner_.find(name);
-  if (it == owner_.end()) {
-    throw InputError("tensor \"" + name + "\" not found in the weights of model directory " + model_dir_.string());
-  }
+  if (it == owner_.end()) missing_tensor(model_dir_, name);
   return *it->second->find(name);
 }
 
@@ -139,9 +151,7 @@ void WeightStore::read_f32(const std::string& name, const std::vector<std::int64
 
 std::filesystem::path WeightStore::file_of(const std::string& name) const {
   const auto it = owner_.find(name);
-  if (it == owner_.end()) {
-    throw InputError("tensor \"" + name + "\" not found in the weights of model directory " + model_dir_.string());
-  }
+  if (it == owner_.end()) missing_tensor(model_dir_, name);
   return it->second->path();
 }
 

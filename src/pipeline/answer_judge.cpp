@@ -1,6 +1,8 @@
 #include "pipeline/answer_judge.hpp"
 
 #include <chrono>
+#include <fstream>
+#include <limits>
 #include <numeric>
 #include <set>
 #include <sstream>
@@ -10,6 +12,7 @@
 #include "slearn/error.hpp"
 #include "slearn/generate.hpp"
 #include "slearn/judge.hpp"
+#include "slearn/stop.hpp"
 
 namespace slearn {
 
@@ -54,10 +57,59 @@ GenerationOptions generation_options(const AnswerSettings& a, const Tokenizer& t
   return options;
 }
 
-// Runs generation over `todo` (indices into prompts), calling `write` as each finishes.
+// A stop on request while answering or judging. The ranks have different amounts of work here, so no
+// collective can be placed inside it: each rank stops on its own, before its next generation step or record,
+// and all of them meet at the collective that ends the stage anyway (agree_to_stop instead of a barrier).
+// A rank that saw the signal leaves a marker file in the stage directory; the others look for it (at most
+// twice a second) and stop too, so a signal that reached one rank only does not wait for the others to
+// finish their share.
+class StageStop {
+ public:
+  explicit StageStop(fs::path marker) : marker_(std::move(marker)) {}
+
+  // Whether to stop now; once true, stays true.
+  bool operator()() {
+    if (stopped_) return true;
+    if (stop_requested()) {
+      stopped_ = true;
+      std::ofstream(marker_) << signal_name(which_signal()) << '\n';  // best effort: the signal stops this rank anyway
+      return true;
+    }
+    const auto now = Clock::now();
+    if (now - last_look_ >= std::chrono::milliseconds(500)) {
+      last_look_ = now;
+      stopped_ = fs::exists(marker_);
+    }
+    return stopped_;
+  }
+  bool stopped() const { return stopped_; }
+
+ private:
+  fs::path marker_;
+  bool stopped_ = false;
+  Clock::time_point last_look_ = Clock::now();
+};
+
+// Collective, at the end of a stage on every rank: when any rank stopped, all throw StopRequested. The
+// records finished so far are already in the shards (flushed one by one).
+void end_stage(Communicator& comm, StageStop& stop, StageProgress& progress, const fs::path& dir,
+               const std::string& shard, const std::string& stage, std::size_t total) {
+  if (!agree_to_stop(comm, stop.stopped())) return;
+  progress.interrupt();
+  // Every rank is past its last write once the agreement returned, so the shards are complete here.
+  const std::size_t saved = read_stage_shards(dir, shard).size();
+  if (comm.rank() == 0) {
+    std::error_code ignored;
+    fs::remove(dir / kStopMarker, ignored);
+  }
+  throw_agreed_stop(comm, stage, std::to_string(saved) + " of " + std::to_string(total) + " " + shard + " saved");
+}
+
+// Runs generation over `todo` (indices into prompts), calling `write` as each finishes, until `stop` says so.
 void generate_indices(Model& model, const std::vector<std::vector<TokenId>>& prompts,
-                      const std::vector<std::size_t>& todo, const GenerationOptions& options,
-                      StageProgress& progress, const std::function<void(std::size_t, const GenerationResult&)>& write) {
+                      const std::vector<std::size_t>& todo, GenerationOptions options, StageProgress& progress,
+                      StageStop& stop, const std::function<void(std::size_t, const GenerationResult&)>& write) {
+  options.should_stop = [&stop] { return stop(); };
   std::vector<std::vector<TokenId>> batch;
   for (std::size_t i : todo) batch.push_back(prompts[i]);
   std::int64_t done = 0, tokens = 0;
@@ -80,6 +132,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
   const int rank = comm.rank();
   const bool progress_on = true;
   fs::create_directories(dir);
+  StageStop stop(dir / kStopMarker);
 
   auto stage_name = [&](const char* stage) { return label.empty() ? std::string(stage) : label + " " + stage; };
   // ---- answer ----
@@ -102,13 +155,13 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
                            static_cast<double>(config.log_every_seconds), progress_on);
     const GenerationOptions options =
         generation_options(config.answer, tokenizer, format, model, config.answer.max_new_tokens);
-    generate_indices(model, prompts, todo, options, progress, [&](std::size_t i, const GenerationResult& g) {
+    generate_indices(model, prompts, todo, options, progress, stop, [&](std::size_t i, const GenerationResult& g) {
       writer.append({{"id", records[i].id}, {"question", records[i].question}, {"reference", records[i].answer},
                      {"answer", tokenizer.decode(g.tokens, true)}, {"tokens", g.tokens.size()},
                      {"finish", finish_reason_name(g.finish)}});
     });
     judged_before = read_stage_shards(dir, "judgements").size();  // before any rank can start judging
-    comm.barrier();
+    end_stage(comm, stop, progress, dir, "answers", stage_name("answer"), records.size());  // in place of a barrier
     progress.finish();
   }
   result.answer_seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -131,6 +184,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
     std::vector<std::size_t> for_model;
     std::int64_t done = 0;
     for (std::size_t i : todo) {
+      if (stop()) break;
       const std::string answer = answers.at(records[i].id).at("answer").get<std::string>();
       if (judge.settings.kind == "rule" || judge.settings.kind == "cascade") {
         const auto decision = rule_judge(judge.settings, records[i].answer, answer);
@@ -148,7 +202,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
       }
       for_model.push_back(i);
     }
-    if (!for_model.empty()) {
+    if (!for_model.empty() && !stop()) {
       if (judge.model == nullptr) throw Error("judge: records need a judge model but none is loaded");
       std::vector<std::vector<TokenId>> judge_prompts(records.size());
       for (std::size_t i : for_model) {
@@ -166,7 +220,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
       greedy.temperature = 0.0;
       const GenerationOptions options =
           generation_options(greedy, *judge.tokenizer, judge.format, *judge.model, judge.settings.max_new_tokens);
-      generate_indices(*judge.model, judge_prompts, for_model, options, progress,
+      generate_indices(*judge.model, judge_prompts, for_model, options, progress, stop,
                        [&](std::size_t i, const GenerationResult& g) {
                          const std::string reply = judge.tokenizer->decode(g.tokens, true);
                          const ParsedJudgement parsed = parse_judge_reply(reply);
@@ -182,7 +236,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
                          writer.append(line);
                        });
     }
-    comm.barrier();
+    end_stage(comm, stop, progress, dir, "judgements", stage_name("judge"), records.size());  // in place of a barrier
     progress.finish();
   }
   result.judge_seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -222,6 +276,39 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
   }
   comm.barrier();
   return result;
+}
+
+void check_prompt_lengths(const RunConfig& config, const Tokenizer& tokenizer, ChatFormat format, const Model& model,
+                          const DatasetSettings& settings, const Dataset& data, bool for_training) {
+  const bool refuse_long = long_prompt_policy_from_name(config.answer.long_prompt) == LongPromptPolicy::Error;
+  const std::int64_t context = model.config().context_length();
+  const std::string with = config.answer.system_prompt.empty() ? "" : ", with the system prompt";
+  // "data.jsonl:7: record "x"" (the line), or "data.json: array element 7: record "x"".
+  auto where = [&](const DatasetRecord& r) {
+    return settings.path + (data.json_array ? ": array element " : ":") + std::to_string(r.line) + ": record \"" +
+           r.id + "\"";
+  };
+  std::int64_t shortest = std::numeric_limits<std::int64_t>::max();
+  const DatasetRecord* shortest_record = nullptr;
+  for (const auto& r : data.records) {
+    // The same tokens the answer stage generates from, and the training examples start with.
+    const auto length = static_cast<std::int64_t>(
+        chat_prompt(tokenizer, format, config.answer.system_prompt, r.question).size());
+    if (length < shortest) shortest = length, shortest_record = &r;
+    if (!refuse_long || length < context) continue;
+    throw InputError(where(r) + ": the question's prompt is " + std::to_string(length) + " tokens (in the chat format" +
+                     with + "), which leaves no room for an answer in the model's context of " +
+                     std::to_string(context) + " tokens; shorten the question, or set answer.long_prompt: " +
+                     "truncate-left to keep its end");
+  }
+  // A record whose prompt fills max_length is left out of training; when that is every record, the run would
+  // answer and judge everything only to find nothing to train on.
+  if (for_training && shortest_record != nullptr && shortest >= config.max_length)
+    throw InputError(settings.path + ": no record can be trained on: every question's prompt fills max_length (" +
+                     std::to_string(config.max_length) + " tokens), leaving no room for an answer (the shortest, record \"" +
+                     shortest_record->id + "\" at " + (data.json_array ? "array element " : "line ") +
+                     std::to_string(shortest_record->line) + ", is " + std::to_string(shortest) +
+                     " tokens in the chat format" + with + "); raise max_length");
 }
 
 }  // namespace slearn

@@ -30,9 +30,23 @@ struct PassResult {
   double answer_seconds = 0, judge_seconds = 0;
 };
 
+// Left in a stage directory by a rank that stops on request, so the other ranks stop too (see StageStop in
+// answer_judge.cpp); removed when the ranks have agreed to stop, and before a run starts.
+inline constexpr const char* kStopMarker = ".stop-requested";
+
 // Which rank answers which record: the longest prompts first, each to the rank with the fewest prompt
 // tokens so far (ties to the lower rank). Identical on every rank.
 std::vector<int> assign_by_prompt_length(const std::vector<std::int64_t>& prompt_tokens, int ranks);
+
+// Checks the prompts (each question in the chat format, with the system prompt) before a run starts, throwing
+// InputError naming the data file and what is wrong:
+//  - with answer.long_prompt "error", a prompt that leaves no room in the model's context (its line, id and
+//    both lengths): generation would refuse it half way through the answer stage, on one rank only, naming
+//    neither the record nor the file;
+//  - with `for_training`, every prompt filling max_length: no record could become a training example, which
+//    would be found only after answering and judging them all.
+void check_prompt_lengths(const RunConfig& config, const Tokenizer& tokenizer, ChatFormat format, const Model& model,
+                          const DatasetSettings& settings, const Dataset& data, bool for_training);
 
 // Answers the records that `dir` has no answer for yet (this rank's share), judges those not yet judged,
 // gathers the incorrect ones on every rank, and has rank 0 merge answers.jsonl and judgements.jsonl.

@@ -12,11 +12,13 @@
 #include "slearn/backend.hpp"
 #include "slearn/checkpoint.hpp"
 #include "slearn/error.hpp"
+#include "slearn/input_check.hpp"
 #include "slearn/lora.hpp"
 #include "slearn/model.hpp"
 #include "slearn/sft_data.hpp"
 #include "slearn/threads.hpp"
 #include "slearn/trainer.hpp"
+#include "util/atomic_file.hpp"
 
 namespace slearn {
 
@@ -29,8 +31,9 @@ ChatFormat chat_format_for(const std::string& name, const Model& model, const To
   return name == "auto" ? default_chat_format(model.config().model_type, tokenizer) : chat_format_from_name(name);
 }
 
-// A run directory belongs to one configuration, model and data set: refuse another unless forced.
-void claim_run_dir(const RunConfig& config, Communicator& comm, const PipelineOptions& options) {
+// A run directory belongs to one configuration, model and data set: refuse another unless forced. Only reads
+// (it is one of the input checks); returns this run's fingerprint for claim_run_dir.
+std::string check_run_dir(const RunConfig& config, const PipelineOptions& options) {
   const fs::path marker = fs::path(config.run_dir) / "run.json";
   const std::string fingerprint = "model:" + fingerprint_model(config.model) + " data:" +
                                   fingerprint_file(config.data.path) + " config:" + fingerprint_text(config.source_text);
@@ -51,20 +54,41 @@ void claim_run_dir(const RunConfig& config, Communicator& comm, const PipelineOp
                        " (fingerprint differs); use a new run_dir or pass --force to start over");
     }
   }
+  return fingerprint;
+}
+
+// Takes the run directory (emptying it first with --force): only once every input passed its checks, so a bad
+// input leaves a previous run's files as they were.
+void claim_run_dir(const RunConfig& config, Communicator& comm, const PipelineOptions& options,
+                   const std::string& fingerprint) {
+  const fs::path marker = fs::path(config.run_dir) / "run.json";
   comm.barrier();
   if (comm.rank() == 0) {
     if (options.force && fs::exists(config.run_dir)) {
       for (const auto& entry : fs::directory_iterator(config.run_dir)) fs::remove_all(entry.path());
     }
     fs::create_directories(config.run_dir);
-    // Temporaries of atomic writes cut short by a kill: never complete, never read.
-    for (const auto& entry : fs::recursive_directory_iterator(config.run_dir))
-      if (entry.is_regular_file() && entry.path().filename().string().find(".tmp.") != std::string::npos)
-        fs::remove(entry.path());
+    // Temporaries of atomic writes cut short by a kill (files, and adapter directories): never complete,
+    // never read. Stop markers of a stopped run: this run has not been asked to stop.
+    std::vector<fs::path> leftovers;
+    for (auto it = fs::recursive_directory_iterator(config.run_dir); it != fs::recursive_directory_iterator(); ++it) {
+      if (is_atomic_temporary(it->path()) || it->path().filename() == kStopMarker) {
+        leftovers.push_back(it->path());
+        if (it->is_directory()) it.disable_recursion_pending();
+      }
+    }
+    for (const auto& path : leftovers) fs::remove_all(path);
     write_file_atomically(marker, nlohmann::json{{"fingerprint", fingerprint}}.dump(2) + "\n");
     write_file_atomically(fs::path(config.run_dir) / "run_config.yaml", config.source_text);
   }
   comm.barrier();
+}
+
+std::string read_file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) throw Error(path.string() + ": cannot read");
+  return bytes;
 }
 
 std::vector<QaRecord> qa_records(const std::vector<DatasetRecord>& records) {
@@ -84,6 +108,11 @@ std::string table(const PipelineSummary& s, const std::vector<StageTime>& stages
   out << line;
   std::snprintf(line, sizeof line, "%-22s %12lld\n", "trained on", static_cast<long long>(s.trained_on));
   out << line;
+  if (s.skipped_steps > 0) {
+    std::snprintf(line, sizeof line, "%-22s %12lld (non-finite, train.nan_policy skip_step)\n", "skipped steps",
+                  static_cast<long long>(s.skipped_steps));
+    out << line;
+  }
   for (const auto& st : stages) {
     std::snprintf(line, sizeof line, "%-22s %10.2f s %10.5f device-hours\n", ("time: " + st.stage).c_str(), st.seconds,
                   st.device_hours);
@@ -102,28 +131,47 @@ std::string table(const PipelineSummary& s, const std::vector<StageTime>& stages
 PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const PipelineOptions& options) {
   const int world = comm.size();
   apply_thread_plan(plan_threads(config.threads));
-  claim_run_dir(config, comm, options);
+
+  // Every input is read and checked before the run directory is touched: the model, tokenizer, data sets,
+  // prompt lengths and the run directory's owner. A bad one (even with --force) leaves a previous run's files
+  // as they were; under MPI the ranks agree, so it is one line for the job and no rank waits for the others.
+  std::unique_ptr<Backend> backend;
+  std::optional<Model> model_slot, judge_model;  // judge_model: kind model, or cascade with judge.model
+  std::optional<Tokenizer> tokenizer_slot, judge_tokenizer;
+  std::optional<Dataset> data_slot, eval;
+  ChatFormat format{};
+  const bool separate_judge =
+      config.judge.kind == "model" || (config.judge.kind == "cascade" && !config.judge.model.empty());
+  std::string fingerprint;
+  check_on_all_ranks(comm, [&] {
+    backend = make_backend(config.backend);
+    model_slot.emplace(Model::load(config.model, *backend));
+    tokenizer_slot.emplace(Tokenizer::from_dir(config.model));
+    format = chat_format_for(config.answer.chat_format, *model_slot, *tokenizer_slot);
+    data_slot.emplace(load_dataset(config.data));
+    check_prompt_lengths(config, *tokenizer_slot, format, *model_slot, config.data, *data_slot, true);
+    if (!config.eval.data.path.empty()) {
+      eval.emplace(load_dataset(config.eval.data));
+      check_prompt_lengths(config, *tokenizer_slot, format, *model_slot, config.eval.data, *eval, false);
+    }
+    if (separate_judge) {
+      judge_model.emplace(Model::load(config.judge.model, *backend));
+      judge_tokenizer.emplace(Tokenizer::from_dir(config.judge.model));
+    }
+    fingerprint = check_run_dir(config, options);
+  });
+  claim_run_dir(config, comm, options, fingerprint);
   const fs::path run_dir(config.run_dir);
-
-  auto backend = make_backend(config.backend);
-  Model model = Model::load(config.model, *backend);
-  const Tokenizer tokenizer = Tokenizer::from_dir(config.model);
-  const ChatFormat format = chat_format_for(config.answer.chat_format, model, tokenizer);
-
-  const Dataset data = load_dataset(config.data);
-  std::optional<Dataset> eval;
-  if (!config.eval.data.path.empty()) eval = load_dataset(config.eval.data);
+  Model& model = *model_slot;
+  const Tokenizer& tokenizer = *tokenizer_slot;
+  const Dataset& data = *data_slot;
 
   // The grading model: the answering model itself (self), another model (model, cascade with judge.model).
-  std::optional<Model> judge_model;
-  std::optional<Tokenizer> judge_tokenizer;
   Judge judge{config.judge, nullptr, nullptr, format};
   if (config.judge.kind == "self" || (config.judge.kind == "cascade" && config.judge.model.empty())) {
     judge.model = &model;
     judge.tokenizer = &tokenizer;
-  } else if (config.judge.kind == "model" || config.judge.kind == "cascade") {
-    judge_model.emplace(Model::load(config.judge.model, *backend));
-    judge_tokenizer.emplace(Tokenizer::from_dir(config.judge.model));
+  } else if (separate_judge) {
     judge.model = &*judge_model;
     judge.tokenizer = &*judge_tokenizer;
     judge.format = default_chat_format(judge_model->config().model_type, *judge_tokenizer);
@@ -182,16 +230,23 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
     TrainRunOptions train_options;
     train_options.show_progress = options.show_progress;
     train_options.initial_adapter = adapter_dir;
+    train_options.stage = label.empty() ? "train" : label + " train";
+    train_options.inject_nan_at_step = options.inject_nan_at_step;
     model.set_adapter(nullptr);
-    train_lora_on_examples(model, examples, fingerprint_text(ids.str()), train_config, comm, train_options);
+    const TrainResult trained =
+        train_lora_on_examples(model, examples, fingerprint_text(ids.str()), train_config, comm, train_options);
+    summary.skipped_steps += trained.skipped_steps;
     seconds["train"] += std::chrono::duration<double>(Clock::now() - train_start).count();
     adapter_dir = (dir / "adapter").string();
     adapter.emplace(LoraAdapter::load(adapter_dir, model.config(), *backend));
     pending = wrong;
   }
   if (comm.rank() == 0 && !adapter_dir.empty() && fs::path(adapter_dir) != run_dir / "adapter") {
-    fs::remove_all(run_dir / "adapter");
-    fs::copy(adapter_dir, run_dir / "adapter", fs::copy_options::recursive);
+    // The last round's adapter as the run's: replaced whole, so a kill never leaves half a copy.
+    replace_directory_atomically(run_dir / "adapter", [&](const fs::path& tmp) {
+      for (const auto& entry : fs::directory_iterator(adapter_dir))
+        write_file_atomically(tmp / entry.path().filename(), read_file_bytes(entry.path()));
+    });
   }
   model.set_adapter(adapter ? &*adapter : nullptr);
   if (eval && config.eval.after && adapter) summary.accuracy_after = evaluate("after");
@@ -207,6 +262,7 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
                         {"incorrect", summary.incorrect},
                         {"incorrect_rate", summary.incorrect_rate},
                         {"trained_on", summary.trained_on},
+                        {"skipped_steps", summary.skipped_steps},
                         {"train_on", config.train_on},
                         {"rounds", config.rounds},
                         {"world_size", world},

@@ -76,6 +76,13 @@ void StageProgress::finish() {
   if (comm_.rank() == 0 && enabled_) report(true);
 }
 
+void StageProgress::interrupt() {
+  if (comm_.rank() != 0 || !enabled_) return;
+  report(false);
+  if (terminal_) std::printf("\n");  // so that the line saying why it stopped starts on a line of its own
+  std::fflush(stdout);
+}
+
 void log_line(const Communicator& comm, const std::string& message) {
   if (comm.rank() == 0) std::printf("%s\n", message.c_str());
   else std::printf("[rank %d] %s\n", comm.rank(), message.c_str());

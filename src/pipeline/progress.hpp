@@ -19,6 +19,7 @@ class StageProgress {
   // This rank's counts so far in this stage.
   void update(std::int64_t items_done, std::int64_t tokens_done);
   void finish();  // the final line (rank 0)
+  void interrupt();  // the stage stops on request: rank 0's last report, its bar line ended
 
  private:
   void report(bool final_line);

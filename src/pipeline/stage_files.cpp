@@ -1,8 +1,5 @@
 #include "pipeline/stage_files.hpp"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <fstream>
 #include <sstream>
 
@@ -67,26 +64,6 @@ void ShardWriter::append(const nlohmann::json& record) {
   const std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0)
     throw Error(path_.string() + ": write failed");
-}
-
-void write_file_atomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
-  {
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) throw Error(tmp.string() + ": cannot create");
-    std::size_t written = 0;
-    while (written < text.size()) {
-      const ssize_t n = ::write(fd, text.data() + written, text.size() - written);
-      if (n <= 0) {
-        ::close(fd);
-        throw Error(tmp.string() + ": write failed");
-      }
-      written += static_cast<std::size_t>(n);
-    }
-    ::fsync(fd);
-    ::close(fd);
-  }
-  fs::rename(tmp, path);
 }
 
 std::vector<nlohmann::json> read_jsonl(const fs::path& path) {

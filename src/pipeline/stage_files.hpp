@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "util/atomic_file.hpp"  // write_file_atomically, for the merged files
+
 namespace slearn {
 
 // Every complete record of every rank's shard of `name` in `dir`, keyed by "id" (first occurrence wins).
@@ -30,9 +32,6 @@ class ShardWriter {
   std::filesystem::path path_;
   std::FILE* file_ = nullptr;
 };
-
-// Writes `text` to `path` atomically: a temporary file in the same directory, flushed, fsynced, renamed.
-void write_file_atomically(const std::filesystem::path& path, const std::string& text);
 
 // Lines of a JSONL file (empty when it does not exist).
 std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& path);

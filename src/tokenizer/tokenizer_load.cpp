@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "io/io_util.hpp"
 #include "slearn/error.hpp"
 #include "tokenizer/tokenizer_impl.hpp"
 
@@ -19,7 +20,7 @@ json parse_json(const std::string& text, const JsonFile& file) {
   try {
     return json::parse(text);
   } catch (const json::parse_error& e) {
-    fail(file, std::string("not valid JSON: ") + e.what());
+    fail(file, "not valid JSON (" + io_detail::json_error_text(e) + ")");
   }
 }
 
@@ -35,6 +36,11 @@ void Tokenizer::Impl::load(const std::string& tokenizer_json, const std::string&
   const JsonFile file{tokenizer_file};
   const json root = parse_json(tokenizer_json, file);
   if (!root.is_object()) fail(file, "the top level must be a JSON object");
+  // Checked first: without it the file is not a tokenizers file at all (a slow tokenizer's
+  // vocab.json, an HTML error page saved by a download, ...), and that is the message that helps.
+  if (!find_member(root, "model"))
+    fail(file, "the \"model\" section (the vocabulary and merges) is missing; a Hugging Face tokenizer.json "
+               "(from the tokenizers library) is needed");
 
   if (const json* list = find_member(root, "added_tokens"); list && !list->is_null()) {
     if (!list->is_array()) fail(file, "added_tokens must be an array");

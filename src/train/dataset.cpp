@@ -57,6 +57,34 @@ struct Item {
 
 bool is_json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
+// A record nesting arrays and objects deeper than this is bad: json::dump (records are written back) and
+// json copies recurse, so a deeper one could overflow the stack.
+constexpr std::size_t kMaxNesting = 512;
+
+// True when the JSON text nests arrays and objects deeper than kMaxNesting (brackets in strings do not count).
+bool nests_too_deep(std::string_view text) {
+  // Cheap first: nearly every record holds fewer brackets than that in all.
+  if (static_cast<std::size_t>(std::count(text.begin(), text.end(), '[') + std::count(text.begin(), text.end(), '{')) <=
+      kMaxNesting)
+    return false;
+  std::size_t depth = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxNesting) return true;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return false;
+}
+
 // Offset of the first byte that is not part of well-formed UTF-8 (no overlong forms, no surrogates), or nothing.
 std::optional<std::size_t> first_invalid_utf8(std::string_view s) {
   std::size_t i = 0;
@@ -152,6 +180,7 @@ class Reader {
       throw InputError(message);
     }
     dataset_.format = format_name(format_);
+    dataset_.json_array = array_;
     return std::move(dataset_);
   }
 
@@ -390,6 +419,10 @@ class Reader {
     }
     if (raw.text.empty()) {
       item.reason = "invalid JSON (an empty array element)";
+      return;
+    }
+    if (nests_too_deep(raw.text)) {
+      item.reason = "JSON arrays and objects nested deeper than " + std::to_string(kMaxNesting) + " levels";
       return;
     }
     try {

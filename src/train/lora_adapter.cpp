@@ -7,6 +7,7 @@
 #include "slearn/error.hpp"
 #include "slearn/lora.hpp"
 #include "slearn/safetensors.hpp"
+#include "util/atomic_file.hpp"
 
 namespace slearn {
 namespace {
@@ -190,7 +191,6 @@ LoraAdapter LoraAdapter::load(const std::filesystem::path& dir, const ModelConfi
 }
 
 void LoraAdapter::save(const std::filesystem::path& dir, const std::string& base_model_name) const {
-  std::filesystem::create_directories(dir);
   nlohmann::json config{{"peft_type", "LORA"},
                         {"task_type", "CAUSAL_LM"},
                         {"base_model_name_or_path", base_model_name},
@@ -214,14 +214,12 @@ void LoraAdapter::save(const std::filesystem::path& dir, const std::string& base
   for (const auto& p : self->parameters())
     tensors.push_back({p.key, p.tensor->shape(), DType::F32,
                        std::span<const float>(p.tensor->f32(), static_cast<std::size_t>(p.tensor->numel()))});
-  write_safetensors(dir / "adapter_model.safetensors", tensors, {{"format", "pt"}});
-  const auto tmp = dir / "adapter_config.json.tmp";
-  {
-    std::ofstream out(tmp);
-    out << config.dump(2) << '\n';
-    if (!out.flush()) throw Error(tmp.string() + ": write failed");
-  }
-  std::filesystem::rename(tmp, dir / "adapter_config.json");
+  // The two files belong together: the directory is replaced as a whole, so a kill never leaves new weights
+  // beside an old configuration, or a directory that looks like an adapter but lacks a file.
+  replace_directory_atomically(dir, [&](const std::filesystem::path& tmp) {
+    write_safetensors(tmp / "adapter_model.safetensors", tensors, {{"format", "pt"}});
+    write_file_atomically(tmp / "adapter_config.json", config.dump(2) + "\n");
+  });
 }
 
 }  // namespace slearn

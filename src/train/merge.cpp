@@ -11,6 +11,7 @@
 #include "slearn/lora.hpp"
 #include "slearn/model_config.hpp"
 #include "slearn/safetensors.hpp"
+#include "util/atomic_file.hpp"
 
 namespace slearn {
 
@@ -91,12 +92,17 @@ MergeResult merge_adapter(const fs::path& model_dir, const fs::path& adapter_dir
   if (result.merged != adapted.size()) throw Error("merge: not every adapted projection was found in the checkpoint");
   if (shards.size() > 1) {
     nlohmann::json index{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    std::ofstream(out_dir / "model.safetensors.index.json") << index.dump(2) << '\n';
+    write_file_atomically(out_dir / "model.safetensors.index.json", index.dump(2) + "\n");
   }
+  // The small files (config.json, the tokenizer, ...) are copied atomically too, so a kill during the merge
+  // never leaves a truncated config.json or tokenizer.json that loads as if it were whole.
   for (const auto& entry : fs::directory_iterator(model_dir)) {
     const std::string name = entry.path().filename().string();
     if (!entry.is_regular_file() || name.ends_with(".safetensors") || name == "model.safetensors.index.json") continue;
-    fs::copy_file(entry.path(), out_dir / name, fs::copy_options::overwrite_existing);
+    std::ifstream in(entry.path(), std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) throw Error(entry.path().string() + ": cannot read");
+    write_file_atomically(out_dir / name, bytes);
   }
   return result;
 }

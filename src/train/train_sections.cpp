@@ -57,6 +57,10 @@ const Fields<TrainSettings>& train_fields() {
             "seed of the data order, the LoRA initialization and dropout"),
       field("max_steps", &S::max_steps, yaml_schema::int_minus_one_or_at_least(1),
             "stop after this many optimizer steps; -1: run all epochs"),
+      field("nan_policy", &S::nan_policy, yaml_schema::one_of({"stop", "skip_step"}),
+            "a non-finite loss or gradient: stop with an error naming the step and tensor (the last good "
+            "checkpoint is kept), or skip that step's update and go on (counted in metrics.jsonl and the "
+            "summary)"),
   };
   return table;
 }

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <random>
 #include <sstream>
 
@@ -15,11 +16,14 @@
 #include "slearn/backend.hpp"
 #include "slearn/checkpoint.hpp"
 #include "slearn/error.hpp"
+#include "slearn/input_check.hpp"
 #include "slearn/lora.hpp"
 #include "slearn/model.hpp"
+#include "slearn/stop.hpp"
 #include "slearn/threads.hpp"
 #include "train/lora_graph.hpp"
 #include "train/optimizer.hpp"
+#include "util/atomic_file.hpp"
 
 namespace slearn {
 namespace {
@@ -76,21 +80,47 @@ void from_arrays(const std::vector<NamedArray>& arrays, const std::vector<std::s
   }
 }
 
-// metrics.jsonl keeps the lines of steps <= `step` (those a resumed run will not redo), atomically.
-void truncate_metrics(const fs::path& path, std::int64_t step) {
-  if (!fs::exists(path)) return;
+// metrics.jsonl keeps the lines of steps <= `step` (those a resumed run will not redo), atomically. Returns
+// how many of the kept lines are skipped steps (nan_policy skip_step), so the count spans resumed runs.
+std::int64_t truncate_metrics(const fs::path& path, std::int64_t step) {
+  if (!fs::exists(path)) return 0;
   std::ifstream in(path);
   std::ostringstream kept;
+  std::int64_t skipped = 0;
   for (std::string line; std::getline(in, line);) {
     try {
-      if (nlohmann::json::parse(line).at("step").get<std::int64_t>() <= step) kept << line << '\n';
+      const nlohmann::json record = nlohmann::json::parse(line);
+      if (record.at("step").get<std::int64_t>() > step) continue;
+      kept << line << '\n';
+      skipped += record.value("skipped", false) ? 1 : 0;
     } catch (const std::exception&) {
       // a torn last line from a crash: dropped
     }
   }
-  const fs::path tmp = path.string() + ".tmp";
-  std::ofstream(tmp) << kept.str();
-  fs::rename(tmp, path);
+  write_file_atomically(path, kept.str());
+  return skipped;
+}
+
+bool all_finite(const Tensor& t) {
+  const float* v = t.f32();
+  for (std::int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(v[i])) return false;
+  return true;
+}
+
+// Where a non-finite value shows first in a step: the summed loss, else the first LoRA parameter (in adapter
+// order: layer, projection, A before B) whose summed gradient holds one; empty when all are finite.
+std::string first_non_finite(double loss_sum, const std::vector<Tensor>& gradients,
+                             const std::vector<std::string>& keys) {
+  if (!std::isfinite(loss_sum)) return std::string("the loss (") + (std::isnan(loss_sum) ? "NaN" : "Inf") + ")";
+  for (std::size_t i = 0; i < gradients.size(); ++i) {
+    const float* v = gradients[i].f32();
+    for (std::int64_t j = 0; j < gradients[i].numel(); ++j)
+      if (!std::isfinite(v[j]))
+        return "the gradient of " + keys[i] + " (" + (std::isnan(v[j]) ? "NaN" : "Inf") + " at element " +
+               std::to_string(j) + ")";
+  }
+  return {};
 }
 
 std::string format_duration(double seconds) {
@@ -153,12 +183,21 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   }
   if (leader) {
     fs::create_directories(run_dir);
-    if (restored) truncate_metrics(metrics_path, step);
+    if (restored) result.skipped_steps = truncate_metrics(metrics_path, step);
     else if (fs::exists(metrics_path)) fs::remove(metrics_path);
-    std::ofstream(run_dir / "train_config.yaml") << config.source_text;
+    write_file_atomically(run_dir / "train_config.yaml", config.source_text);
   }
 
   auto save = [&](std::int64_t done) {
+    // A checkpoint is what a resumed run trusts: one holding a NaN would poison every run after it. Every rank
+    // holds the same parameters and moments, so every rank checks and all of them stop alike.
+    for (std::size_t i = 0; i < parameters.size(); ++i)
+      if (!all_finite(*parameters[i]) || !all_finite(optimizer.first_moments()[i]) ||
+          !all_finite(optimizer.second_moments()[i])) {
+        if (!leader) throw ReportedByAnotherRank(0, 1);
+        throw Error("training step " + std::to_string(done) + ": " + keys[i] +
+                    " or its optimizer state is not finite; no checkpoint written, the last good one is kept");
+      }
     if (!leader) return;
     TrainState state;
     state.step = done;
@@ -181,6 +220,11 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   const bool terminal = options.show_progress && leader && isatty(STDERR_FILENO);
   const auto start = Clock::now();
   std::int64_t tokens_done = 0;
+  // Saved before a stop (on request or for a non-finite value): the steps done, unless a checkpoint of them
+  // is already what we resumed from.
+  auto save_progress = [&] {
+    if (step > result.resumed_from || !restored) save(step);
+  };
   std::vector<std::size_t> order;
   std::int64_t order_epoch = -1;
   while (step < total_steps) {
@@ -202,7 +246,14 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
     std::vector<double> loss_sum{0.0};
     std::vector<std::size_t> mine;
     for (std::int64_t i = begin + comm.rank(); i < end; i += comm.size()) mine.push_back(order[static_cast<std::size_t>(i)]);
+    bool interrupted = false;
     for (std::size_t m = 0; m < mine.size(); m += static_cast<std::size_t>(tc.micro_batch_size)) {
+      // A stop request ends this rank's share of the step at a micro-batch boundary; the step's partial
+      // gradients are dropped (a resumed run redoes the step).
+      if (stop_requested()) {
+        interrupted = true;
+        break;
+      }
       PackedBatch batch;
       for (std::size_t j = m; j < std::min(mine.size(), m + static_cast<std::size_t>(tc.micro_batch_size)); ++j)
         batch.add(examples[mine[j]].tokens, examples[mine[j]].targets);
@@ -212,19 +263,47 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
       loss_sum[0] += loss.loss_sum;
       result.activation_bytes = std::max(result.activation_bytes, graph.activation_bytes());
     }
+    // The stop check of a step: every rank runs the same steps, so every rank reaches this point the same
+    // number of times, and all of them stop after the same step.
+    if (agree_to_stop(comm, interrupted)) {
+      save_progress();
+      throw_agreed_stop(comm, options.stage,  // its collective also keeps the others until the checkpoint is written
+                        "step " + std::to_string(step) + " of " + std::to_string(total_steps) + " checkpointed");
+    }
+    if (options.inject_nan_at_step && *options.inject_nan_at_step == step + 1 && comm.rank() == 0)
+      gradients[gradients.size() / 2].f32()[0] = std::numeric_limits<float>::quiet_NaN();
     for (Tensor& g : gradients) comm.allreduce_sum(std::span<float>(g.f32(), static_cast<std::size_t>(g.numel())));
     comm.allreduce_sum(std::span<double>(loss_sum));
 
-    const double norm = global_norm(gradients);
-    if (!std::isfinite(norm))
-      throw Error("training step " + std::to_string(step + 1) + ": the gradient norm is not finite (loss " +
-                  std::to_string(loss_sum[0]) + "); the last good checkpoint is kept");
-    clip_gradients(gradients, norm, config.optimizer.max_grad_norm);
+    // Checked on the summed values, which every rank holds alike: all ranks take the same decision.
+    std::string non_finite = first_non_finite(loss_sum[0], gradients, keys);
+    const double norm = non_finite.empty() ? global_norm(gradients) : std::numeric_limits<double>::quiet_NaN();
+    if (non_finite.empty() && !std::isfinite(norm)) non_finite = "the gradient norm (overflow)";
     const double lr = learning_rate_at(config.optimizer, step, total_steps);
-    optimizer.update(parameters, gradients, lr, step + 1);
+    if (!non_finite.empty() && tc.nan_policy == "stop") {
+      save_progress();  // the parameters are still those of the last good step
+      comm.barrier();   // every rank waits for the checkpoint before any exits (mpirun ends the job on an error)
+      // Every rank took this decision on the same summed values: rank 0 reports, the others exit quietly.
+      if (!leader) throw ReportedByAnotherRank(0, 1);
+      throw Error("training step " + std::to_string(step + 1) + ": non-finite value in " + non_finite +
+                  "; stopped (train.nan_policy: stop), the last good checkpoint (step " + std::to_string(step) +
+                  ") is kept; set train.nan_policy: skip_step to skip such steps");
+    }
+    if (non_finite.empty()) {
+      clip_gradients(gradients, norm, config.optimizer.max_grad_norm);
+      optimizer.update(parameters, gradients, lr, step + 1);
+      result.last_loss = loss_sum[0] / static_cast<double>(std::max<std::int64_t>(1, learned));
+    } else {
+      // nan_policy skip_step: no update from this step's data; the schedule goes on.
+      ++result.skipped_steps;
+      if (leader)
+        std::fprintf(stderr, "%sslearn_dist train: step %lld skipped: non-finite value in %s (train.nan_policy: "
+                     "skip_step; %lld step(s) skipped so far)\n", terminal ? "\n" : "",
+                     static_cast<long long>(step + 1), non_finite.c_str(),
+                     static_cast<long long>(result.skipped_steps));
+    }
     ++step;
     tokens_done += step_tokens;
-    result.last_loss = loss_sum[0] / static_cast<double>(std::max<std::int64_t>(1, learned));
 
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     const double tokens_per_second = static_cast<double>(tokens_done) / std::max(elapsed, 1e-9);
@@ -234,6 +313,13 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
       nlohmann::json line{{"step", step}, {"epoch", epoch}, {"loss", result.last_loss}, {"learning_rate", lr},
                           {"grad_norm", norm}, {"tokens", step_tokens}, {"learned_tokens", learned},
                           {"tokens_per_second", tokens_per_second}, {"elapsed", elapsed}};
+      if (!non_finite.empty()) {
+        const double loss = loss_sum[0] / static_cast<double>(std::max<std::int64_t>(1, learned));
+        line["loss"] = std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json();
+        line["grad_norm"] = nullptr;
+        line["skipped"] = true;
+        line["non_finite"] = non_finite;
+      }
       metrics << line.dump() << '\n';
       metrics.flush();
       if (terminal) {
@@ -245,10 +331,10 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
                      format_duration(eta).c_str());
         if (step == total_steps) std::fputc('\n', stderr);
       } else if (options.show_progress && (step % config.log_every_steps == 0 || step == total_steps)) {
-        std::fprintf(stderr, "slearn_dist train: step %lld/%lld epoch %lld loss %.4f lr %.3e grad_norm %.3f %.0f tok/s elapsed %s ETA %s\n",
+        std::fprintf(stderr, "slearn_dist train: step %lld/%lld epoch %lld loss %.4f lr %.3e grad_norm %.3f %.0f tok/s elapsed %s ETA %s%s\n",
                      static_cast<long long>(step), static_cast<long long>(total_steps), static_cast<long long>(epoch),
                      result.last_loss, lr, norm, tokens_per_second, format_duration(elapsed).c_str(),
-                     format_duration(eta).c_str());
+                     format_duration(eta).c_str(), non_finite.empty() ? "" : " (step skipped: non-finite)");
       }
     }
     if (step % config.checkpoint.every_steps == 0 && step < total_steps) save(step);
@@ -256,7 +342,7 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   result.steps_done = step;
   result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   result.tokens_per_second = static_cast<double>(tokens_done) / std::max(result.seconds, 1e-9);
-  if (step > result.resumed_from || !restored) save(step);
+  save_progress();
   result.finished = step >= total_steps;
   if (result.finished && leader) adapter.save(run_dir / "adapter", config.model);
   comm.barrier();

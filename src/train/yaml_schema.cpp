@@ -2,11 +2,13 @@
 #include <fstream>
 #include "train/yaml_schema.hpp"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <utility>
@@ -201,6 +203,50 @@ struct Layout {
     return section.empty() ? "known top-level keys: " + names : "known keys in " + section + ": " + names;
   }
 };
+
+// YAML::LoadAll, except that it fails instead of looping: yaml-cpp 0.7's LoadAll never returns (and allocates
+// without end) when a document starts with a token its parser cannot place, such as a ',' outside brackets
+// (jbeder/yaml-cpp#1040): the parser hands out the same empty document again and again without moving on.
+// A first pass counts the documents and stops at one that starts where the one before it did; then
+// YAML::Load reads the first document. Only documents.size() and documents[0] are used, so the rest are nulls.
+class DocumentCounter final : public YAML::EventHandler {
+ public:
+  std::size_t documents = 0;
+  std::optional<YAML::Mark> stuck;  // where a document started again without the parser moving on
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (documents > 0 && mark.pos <= last_.pos) stuck = mark;
+    last_ = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+ private:
+  YAML::Mark last_ = YAML::Mark::null_mark();
+};
+
+std::vector<YAML::Node> load_all(const std::string& yaml_text) {
+  std::istringstream stream(yaml_text);
+  YAML::Parser parser(stream);
+  DocumentCounter counter;
+  while (parser.HandleNextDocument(counter)) {
+    if (counter.stuck) {
+      const auto pos = static_cast<std::size_t>(counter.stuck->pos);
+      const std::string token = pos < yaml_text.size() ? std::string(1, yaml_text[pos]) : std::string();
+      throw YAML::ParserException(*counter.stuck, token == "," ? "unexpected ',' (a ',' belongs inside [...] or {...})"
+                                                                : "unexpected '" + token + "'");
+    }
+    ++counter.documents;
+  }
+  std::vector<YAML::Node> documents(counter.documents);
+  if (!documents.empty()) documents[0] = YAML::Load(yaml_text);
+  return documents;
+}
 
 std::string line_text(const YAML::Node& key) {
   return "(line " + std::to_string(key.Mark().line + 1) + ")";
@@ -407,7 +453,7 @@ Document::Document(const std::string& yaml_text, std::string source_name, const 
 
   std::vector<YAML::Node> documents;
   try {
-    documents = YAML::LoadAll(yaml_text);
+    documents = load_all(yaml_text);  // not YAML::LoadAll: see load_all
   } catch (const YAML::ParserException& e) {
     throw InputError(source_ + ": invalid YAML (line " + std::to_string(e.mark.line + 1) + ", column " +
                      std::to_string(e.mark.column + 1) + "): " + e.msg);

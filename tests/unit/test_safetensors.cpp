@@ -485,6 +485,24 @@ TEST(WeightStore, IndexNamingMissingShard) {
   EXPECT_CONTAINS(message, "does not exist");
 }
 
+// A tensor the loader asks for that the weights lack: the directory, the tensor and the file(s) looked in.
+TEST(WeightStore, MissingTensorNamesTheTensorAndTheWeights) {
+  TempDir dir;
+  const std::vector<float> x = {1, 2};
+  write_safetensors(dir / "model.safetensors", {{"x", {2}, DType::F32, x}});
+  const auto store = WeightStore::open(dir.path());
+  const auto message = input_error([&] { store.info("model.norm.weight"); });
+  EXPECT_EQ(message, dir.path().string() + ": tensor \"model.norm.weight\" is missing from the weights (" +
+                         (dir / "model.safetensors").string() + ")");
+  EXPECT_CONTAINS(input_error([&] { store.file_of("y"); }), "\"y\" is missing");
+
+  TempDir sharded;
+  write_safetensors(sharded / "shard.safetensors", {{"x", {2}, DType::F32, x}});
+  write_index(sharded / "model.safetensors.index.json", R"({"x":"shard.safetensors"})");
+  const auto sharded_message = input_error([&] { WeightStore::open(sharded.path()).info("y"); });
+  EXPECT_CONTAINS(sharded_message, "model.safetensors.index.json and its shards");
+}
+
 TEST(WeightStore, IndexNamingTensorTheShardLacks) {
   TempDir dir;
   const std::vector<float> x = {1, 2};

@@ -350,6 +350,19 @@ TEST(TokenizerErrors, MalformedFilesNameTheFile) {
   message = error_of(spec.dump());
   EXPECT_NE(message.find("models/demo/tokenizer.json: model.vocab is missing"), std::string::npos) << message;
 
+  // Not a tokenizers file at all (no "model"): said first, whatever else the file holds; and JSON errors
+  // without nlohmann's "[json.exception...]" tag.
+  spec = tiny_byte_level(json::array(), false);
+  spec.erase("model");
+  spec["added_tokens"] = "not an array";
+  message = error_of(spec.dump());
+  EXPECT_NE(message.find("models/demo/tokenizer.json: the \"model\" section (the vocabulary and merges) is missing"),
+            std::string::npos)
+      << message;
+  message = error_of("<html>");
+  EXPECT_NE(message.find("not valid JSON (line 1, column 1: syntax error"), std::string::npos) << message;
+  EXPECT_EQ(message.find("json.exception"), std::string::npos) << message;
+
   message = error_of(tiny_byte_level(json::array(), false).dump(), "[1, 2");
   EXPECT_NE(message.find("models/demo/tokenizer_config.json"), std::string::npos) << message;
   message = error_of(tiny_byte_level(json::array(), false).dump(), R"({"bos_token": {"content": "<nope>"}})");

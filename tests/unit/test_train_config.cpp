@@ -187,7 +187,7 @@ TEST(TrainConfig, UnknownKeysNameTheKeyLineAndKnownKeys) {
             "log_every_steps, data, lora, optimizer, train, checkpoint");
   EXPECT_EQ(parse_error(kMinimal + "train:\n  epochs: 2\n  batch: {size: 3}\n"),
             "run.yaml: unknown key \"train.batch\" (line 7); known keys in train: epochs, global_batch_size, "
-            "micro_batch_size, gradient_checkpointing, seed, max_steps");
+            "micro_batch_size, gradient_checkpointing, seed, max_steps, nan_policy");
 }
 
 TEST(TrainConfig, WrongTypesNameTheKeyLineAndValue) {
