@@ -242,12 +242,20 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
       step_tokens += static_cast<std::int64_t>(examples[order[static_cast<std::size_t>(i)]].tokens.size());
     }
 
+    // The global batch is cut into micro-batches the same way whatever the number of ranks (consecutive
+    // examples of the epoch's order), and micro-batch j goes to rank j mod size. Each micro-batch's gradient is
+    // computed alone and added into double sums, which the allreduce adds in double too: float sums grouped
+    // by rank would round differently for each world size, and Adam would carry the difference into the
+    // adapter. So the adapter is the same for 1, 2 or 4 ranks, dropout masks included (keyed by j).
     auto gradients = graph.make_gradients();
+    std::vector<std::vector<double>> gradient_sums(gradients.size());
+    for (std::size_t i = 0; i < gradients.size(); ++i)
+      gradient_sums[i].assign(static_cast<std::size_t>(gradients[i].numel()), 0.0);
     std::vector<double> loss_sum{0.0};
-    std::vector<std::size_t> mine;
-    for (std::int64_t i = begin + comm.rank(); i < end; i += comm.size()) mine.push_back(order[static_cast<std::size_t>(i)]);
+    const std::int64_t micro = tc.micro_batch_size;
+    const std::int64_t micro_batches = (end - begin + micro - 1) / micro;
     bool interrupted = false;
-    for (std::size_t m = 0; m < mine.size(); m += static_cast<std::size_t>(tc.micro_batch_size)) {
+    for (std::int64_t j = comm.rank(); j < micro_batches; j += comm.size()) {
       // A stop request ends this rank's share of the step at a micro-batch boundary; the step's partial
       // gradients are dropped (a resumed run redoes the step).
       if (stop_requested()) {
@@ -255,11 +263,18 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
         break;
       }
       PackedBatch batch;
-      for (std::size_t j = m; j < std::min(mine.size(), m + static_cast<std::size_t>(tc.micro_batch_size)); ++j)
-        batch.add(examples[mine[j]].tokens, examples[mine[j]].targets);
+      for (std::int64_t i = begin + j * micro; i < std::min(end, begin + (j + 1) * micro); ++i) {
+        const auto& example = examples[order[static_cast<std::size_t>(i)]];
+        batch.add(example.tokens, example.targets);
+      }
+      for (Tensor& g : gradients) std::fill_n(g.f32(), g.numel(), 0.0f);
       const BatchLoss loss = graph.forward_backward(batch, 1.0f / static_cast<float>(std::max<std::int64_t>(1, learned)),
-                                                    dropout_key(tc.seed, step, m + static_cast<std::size_t>(comm.rank()) * 1000003u),
-                                                    gradients);
+                                                    dropout_key(tc.seed, step, static_cast<std::size_t>(j)), gradients);
+      for (std::size_t i = 0; i < gradients.size(); ++i) {
+        const float* g = gradients[i].f32();
+        double* sum = gradient_sums[i].data();
+        for (std::int64_t k = 0; k < gradients[i].numel(); ++k) sum[k] += g[k];
+      }
       loss_sum[0] += loss.loss_sum;
       result.activation_bytes = std::max(result.activation_bytes, graph.activation_bytes());
     }
@@ -270,9 +285,13 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
       throw_agreed_stop(comm, options.stage,  // its collective also keeps the others until the checkpoint is written
                         "step " + std::to_string(step) + " of " + std::to_string(total_steps) + " checkpointed");
     }
-    if (options.inject_nan_at_step && *options.inject_nan_at_step == step + 1 && comm.rank() == 0)
+    for (std::size_t i = 0; i < gradients.size(); ++i) {
+      comm.allreduce_sum(std::span<double>(gradient_sums[i]));
+      float* g = gradients[i].f32();
+      for (std::size_t k = 0; k < gradient_sums[i].size(); ++k) g[k] = static_cast<float>(gradient_sums[i][k]);
+    }
+    if (options.inject_nan_at_step && *options.inject_nan_at_step == step + 1)
       gradients[gradients.size() / 2].f32()[0] = std::numeric_limits<float>::quiet_NaN();
-    for (Tensor& g : gradients) comm.allreduce_sum(std::span<float>(g.f32(), static_cast<std::size_t>(g.numel())));
     comm.allreduce_sum(std::span<double>(loss_sum));
 
     // Checked on the summed values, which every rank holds alike: all ranks take the same decision.
