@@ -16,6 +16,7 @@ SLEARN_PACKAGES=(
   libgtest-dev                      # tests
   libcli11-dev                      # command-line parsing
   python3                           # command-line tests (standard library only)
+  clang-16 libclang-rt-16-dev llvm  # fuzz tests (launch/fuzz.sh): libFuzzer, ASan/UBSan runtimes, symbolizer
 )
 
 slearn_install_packages() {
