@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "slearn/backend.hpp"
 #include "slearn/communicator.hpp"
 #include "slearn/sft_data.hpp"
 #include "slearn/train_config.hpp"
@@ -42,6 +43,11 @@ struct TrainResult {
 };
 
 // Loads the model, tokenizer and data of `config` and trains.
+// LoRA training needs the adapter, its gradients and the optimizer state in host fp32 memory, which only the
+// cpu backend provides today; the GPU trainer (device-side AdamW, NCCL allreduce) is still to come
+// (docs/cuda.md). Throws an InputError naming the backend otherwise.
+void require_training_backend(const Backend& backend);
+
 TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options);
 
 // Trains on prepared examples with a loaded model (the pipeline's entry point).

@@ -7,6 +7,9 @@
 #include "cpu/cpu_train_kernels.hpp"
 #include "slearn/backend.hpp"
 #include "slearn/error.hpp"
+#ifdef SLEARN_WITH_CUDA
+#include "cuda/cuda_backend.hpp"
+#endif
 
 namespace slearn {
 namespace {
@@ -181,8 +184,15 @@ class CpuBackend final : public Backend {
 std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
 
 std::unique_ptr<Backend> make_backend(std::string_view name) {
-  if (name == "cpu" || name == "auto") return make_cpu_backend();
-  if (name == "cuda") throw InputError("backend \"cuda\" is not available in this build (the CUDA backend is not implemented yet)");
+  if (name == "cpu") return make_cpu_backend();
+#ifdef SLEARN_WITH_CUDA
+  if (name == "cuda") return make_cuda_backend();  // InputError when no device is visible
+  if (name == "auto") return cuda_device_count() > 0 ? make_cuda_backend() : make_cpu_backend();
+#else
+  if (name == "auto") return make_cpu_backend();
+  if (name == "cuda")
+    throw InputError("backend \"cuda\" is not available: this build has no CUDA support (configure with -DSLEARN_CUDA=ON)");
+#endif
   throw InputError("unknown backend \"" + std::string(name) + "\" (expected cpu, cuda or auto)");
 }
 

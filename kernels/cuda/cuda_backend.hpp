@@ -1,0 +1,16 @@
+// The CUDA backend's entry points, for make_backend (src/model/cpu_backend.cpp) in builds with
+// SLEARN_WITH_CUDA. Everything else of the backend lives in cuda_backend.cpp.
+#pragma once
+
+#include <memory>
+
+#include "slearn/backend.hpp"
+
+namespace slearn {
+
+// Visible CUDA devices; 0 when there is no driver or no device (never throws).
+int cuda_device_count();
+// The bf16 CUDA backend on the current device; InputError when no usable device is visible.
+std::unique_ptr<Backend> make_cuda_backend();
+
+}  // namespace slearn

@@ -1,0 +1,233 @@
+// CUDA kernels of the bf16 backend: tensors are stored in bf16, every kernel accumulates in fp32 (row sums,
+// dot products, softmax statistics) and rounds once when it stores. Like kernels/cpu, each launcher takes a
+// plain parameter struct of device pointers and sizes and knows nothing of tensors; the CUDA backend
+// (cuda_backend.cpp) fills the structs and calls the launchers, never `<<<>>>` itself. Every launcher is
+// asynchronous on `stream` and checks its launch with CUDA_CHECK_LAUNCH; arguments were checked by the backend.
+//
+// Index arrays (token ids, slots, positions, per-row key ranges) are device copies the backend staged from
+// the host spans the Backend interface passes, after validating them on the host.
+//
+// NOTE: written and compiled for sm_80/sm_90 without a GPU at hand; never run yet (docs/cuda.md).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace slearn::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// out[i, :] = table[index[i], :], for the embedding (index = token ids) and gather_rows.
+struct GatherParams {
+  const bf16* table;           // [table_rows, width]
+  const std::int32_t* index;   // [rows], each in [0, table_rows)
+  bf16* out;                   // [rows, width]
+  std::int64_t rows, width;
+  cudaStream_t stream;
+};
+void launch_gather_rows(const GatherParams& p);
+
+// out[index[i], :] = bf16(src[i, :]) for fp32 rows: scatters the cross-entropy gradient back to its rows.
+struct ScatterF32Params {
+  const float* src;            // [rows, width]
+  const std::int32_t* index;   // [rows], distinct
+  bf16* out;                   // [out_rows, width]
+  std::int64_t rows, width;
+  cudaStream_t stream;
+};
+void launch_scatter_rows_f32(const ScatterF32Params& p);
+
+struct RmsNormParams {
+  const bf16* x;       // [rows, cols]
+  const bf16* weight;  // [cols]
+  bf16* out;           // [rows, cols]; may alias x
+  std::int64_t rows, cols;
+  float eps;
+  cudaStream_t stream;
+};
+void launch_rms_norm(const RmsNormParams& p);
+
+struct RmsNormBackwardParams {
+  const bf16* x;       // [rows, cols] the forward input
+  const bf16* weight;  // [cols]
+  const bf16* dy;      // [rows, cols]
+  bf16* dx;            // [rows, cols], written; may alias dy
+  std::int64_t rows, cols;
+  float eps;
+  cudaStream_t stream;
+};
+void launch_rms_norm_backward(const RmsNormBackwardParams& p);
+
+// Rotates pairs (i, i + head_dim/2) of every head in place; `inverse` rotates by -theta (the backward).
+struct RopeParams {
+  bf16* x;                        // [tokens, heads, head_dim]
+  const std::int32_t* positions;  // [tokens], each in [0, max_positions)
+  const bf16* cos;                // [max_positions, head_dim/2]
+  const bf16* sin;
+  std::int64_t tokens, heads, head_dim;
+  bool inverse;
+  cudaStream_t stream;
+};
+void launch_rope(const RopeParams& p);
+
+// out = silu(gate) * up
+struct SwigluParams {
+  const bf16* gate;
+  const bf16* up;
+  bf16* out;
+  std::int64_t count;
+  cudaStream_t stream;
+};
+void launch_swiglu(const SwigluParams& p);
+
+struct SwigluBackwardParams {
+  const bf16* gate;
+  const bf16* up;
+  const bf16* dout;
+  bf16* dgate;  // written; may alias gate or dout (each element is read before it is written, by one thread)
+  bf16* dup;
+  std::int64_t count;
+  cudaStream_t stream;
+};
+void launch_swiglu_backward(const SwigluBackwardParams& p);
+
+// x += y (the residual add)
+struct AddParams {
+  bf16* x;
+  const bf16* y;
+  std::int64_t count;
+  cudaStream_t stream;
+};
+void launch_add(const AddParams& p);
+
+// out[r, c] += bias[c]: the bias of a linear layer when cuBLASLt has no bias epilogue for the shapes.
+struct BiasAddParams {
+  bf16* out;          // [rows, cols]
+  const bf16* bias;   // [cols]
+  std::int64_t rows, cols;
+  cudaStream_t stream;
+};
+void launch_bias_add(const BiasAddParams& p);
+
+// x *= factor
+struct ScaleParams {
+  bf16* x;
+  std::int64_t count;
+  float factor;
+  cudaStream_t stream;
+};
+void launch_scale(const ScaleParams& p);
+
+// out[i] = x[i] / (1 - p) when uniform(key, i) >= p, else 0, with the CPU backend's splitmix64 draw
+// (kernels/cpu/elementwise.cpp, dropout_uniform), so both backends drop exactly the same elements.
+struct DropoutParams {
+  const bf16* x;
+  bf16* out;  // may alias x
+  std::int64_t count;
+  float p;
+  std::uint64_t key;
+  cudaStream_t stream;
+};
+void launch_dropout(const DropoutParams& p);
+
+// Writes each token's key and value row into its cache slot at its position.
+struct KvStoreParams {
+  const bf16* k;                  // [tokens, kv_heads, head_dim]
+  const bf16* v;
+  bf16* k_cache;                  // [slots, capacity, kv_heads, head_dim]
+  bf16* v_cache;
+  const std::int32_t* slots;      // [tokens], validated
+  const std::int32_t* positions;  // [tokens], validated
+  std::int64_t tokens, kv_row, capacity;  // kv_row = kv_heads * head_dim
+  cudaStream_t stream;
+};
+void launch_kv_store(const KvStoreParams& p);
+
+// Causal GQA attention, flash style. Query row t (all heads) attends to the `context[t]` key rows
+// key_row0[t] .. key_row0[t] + context[t] - 1 of k/v (seen as [key rows, kv_heads, head_dim]); query head h
+// reads kv head h / (heads / kv_heads). The same kernel serves:
+//  - inference over the KV cache: k/v = the cache as [slots * capacity, ...], key_row0 = slot * capacity,
+//    context = position + 1;
+//  - training over packed sequences: k/v = [tokens, ...], key_row0 = the sequence start, context =
+//    t - start + 1; `lse` (fp32 [tokens, heads]) then receives each row's log-sum-exp for the backward.
+// head_dim is dispatched over 16 (the test fixtures), 64 and 128; any other throws.
+struct AttentionForwardParams {
+  const bf16* q;                   // [tokens, heads, head_dim]
+  const bf16* k;                   // [key rows, kv_heads, head_dim]
+  const bf16* v;
+  bf16* out;                       // [tokens, heads, head_dim]
+  float* lse;                      // [tokens, heads] or nullptr
+  const std::int64_t* key_row0;    // [tokens]
+  const std::int32_t* context;     // [tokens], each >= 1
+  std::int64_t tokens, heads, kv_heads, head_dim;
+  float scale;
+  cudaStream_t stream;
+};
+void launch_attention_forward(const AttentionForwardParams& p);
+// The largest heads / kv_heads the attention kernels accept.
+constexpr std::int64_t kAttentionMaxGroup = 16;
+
+// The backward of the training attention, deterministic (no atomics): delta = rowsum(dO * O), then
+// dQ per (query row, kv head) and dK, dV per (key row, kv head), each output summed by one thread in a fixed
+// order. `delta` is an fp32 [tokens, heads] scratch buffer.
+struct AttentionBackwardParams {
+  const bf16* q;                     // [tokens, heads, head_dim]
+  const bf16* k;                     // [tokens, kv_heads, head_dim]
+  const bf16* v;
+  const bf16* out;                   // the forward output
+  const float* lse;                  // from the forward
+  const bf16* dout;
+  bf16* dq;                          // written
+  bf16* dk;                          // written
+  bf16* dv;                          // written
+  float* delta;                      // scratch [tokens, heads]
+  const std::int64_t* seq_start;     // [tokens]: the first row of each row's sequence
+  const std::int64_t* seq_end;       // [tokens]: one past its last row
+  std::int64_t tokens, heads, kv_heads, head_dim;
+  float scale;
+  cudaStream_t stream;
+};
+void launch_attention_backward(const AttentionBackwardParams& p);
+
+// Cross-entropy over one vocabulary chunk [v0, v0 + columns) of fp32 logits [rows, columns] (a cuBLASLt GEMM
+// of the gathered hidden rows with the chunk of the LM head). Per row, merges the chunk's max and sum of
+// exponentials into the running (max, sum) and picks the target's logit when it falls in the chunk.
+struct CeChunkStatsParams {
+  const float* logits;          // [rows, columns]
+  const std::int32_t* targets;  // [rows], each in [0, vocab)
+  float* running_max;           // [rows], -inf before the first chunk
+  double* running_sum;          // [rows], 0 before the first chunk
+  float* target_logit;          // [rows]
+  std::int64_t rows, columns, v0;
+  cudaStream_t stream;
+};
+void launch_ce_chunk_stats(const CeChunkStatsParams& p);
+
+// After the last chunk: lse = max + log(sum) and loss = lse - target_logit per row.
+struct CeFinishParams {
+  const float* running_max;
+  const double* running_sum;
+  const float* target_logit;
+  double* lse;    // [rows]
+  double* loss;   // [rows]
+  std::int64_t rows;
+  cudaStream_t stream;
+};
+void launch_ce_finish(const CeFinishParams& p);
+
+// grad[r, c] = bf16(grad_scale * (softmax - onehot(target))) for the chunk's columns, from the chunk's
+// recomputed logits and the row's lse: the input of the dhidden GEMM.
+struct CeChunkGradParams {
+  const float* logits;          // [rows, columns]
+  const std::int32_t* targets;  // [rows]
+  const double* lse;            // [rows]
+  bf16* grad;                   // [rows, columns]
+  std::int64_t rows, columns, v0;
+  float grad_scale;
+  cudaStream_t stream;
+};
+void launch_ce_chunk_grad(const CeChunkGradParams& p);
+
+}  // namespace slearn::cuda
