@@ -41,6 +41,10 @@ struct GenerationOptions {
   // not finished by then are left incomplete and on_finished is not called for them, so a caller that wrote
   // each finished one out loses no finished work (a stop on request takes at most one step).
   std::function<bool()> should_stop;
+  // The random stream of each prompt (optional; by default its index in `prompts`). A caller that generates a
+  // subset of a larger list (one rank's shard, what is left after a resume) passes each prompt's index in the
+  // whole list, so sampled answers do not depend on how the list was split.
+  std::vector<std::uint64_t> stream_ids;
 };
 
 enum class FinishReason { Stop, Length, Context };

@@ -41,6 +41,9 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
                                        const std::function<void(std::size_t, const GenerationResult&)>& on_finished) {
   if (options.batch_size <= 0) throw InputError("batch size must be at least 1");
   if (options.max_new_tokens <= 0) throw InputError("max_new_tokens must be at least 1");
+  if (!options.stream_ids.empty() && options.stream_ids.size() != prompts.size())
+    throw Error("generate: " + std::to_string(options.stream_ids.size()) + " stream ids for " +
+                std::to_string(prompts.size()) + " prompts");
   const std::int64_t context = model.config().context_length();
   std::vector<GenerationResult> results(prompts.size());
   std::vector<std::span<const TokenId>> inputs(prompts.size());
@@ -81,7 +84,7 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
     if (options.should_stop && options.should_stop()) break;
     while (!free_slots.empty() && next < prompts.size()) {
       Active a{next, free_slots.front(), 0, std::vector<TokenId>(inputs[next].begin(), inputs[next].end()),
-               sequence_rng(options.sampling.seed, next)};
+               sequence_rng(options.sampling.seed, options.stream_ids.empty() ? next : options.stream_ids[next])};
       progress.prompt_tokens += static_cast<std::int64_t>(a.pending.size());
       free_slots.pop_front();
       active.push_back(std::move(a));

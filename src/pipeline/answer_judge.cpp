@@ -111,7 +111,10 @@ void generate_indices(Model& model, const std::vector<std::vector<TokenId>>& pro
                       StageStop& stop, const std::function<void(std::size_t, const GenerationResult&)>& write) {
   options.should_stop = [&stop] { return stop(); };
   std::vector<std::vector<TokenId>> batch;
-  for (std::size_t i : todo) batch.push_back(prompts[i]);
+  for (std::size_t i : todo) {
+    batch.push_back(prompts[i]);
+    options.stream_ids.push_back(i);  // the record's own stream: the same sample on any rank, after any resume
+  }
   std::int64_t done = 0, tokens = 0;
   generate(
       model, batch, options, {},

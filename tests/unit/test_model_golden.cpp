@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "slearn/backend.hpp"
+#include "slearn/error.hpp"
 #include "slearn/generate.hpp"
 #include "slearn/model.hpp"
 #include "slearn/safetensors.hpp"
@@ -107,6 +108,28 @@ TEST_P(GoldenModel, GreedyIsBatchInvariant) {
     EXPECT_EQ(alone[i].tokens, pairs[i].tokens) << "prompt " << i;
     EXPECT_EQ(alone[i].tokens, together[i].tokens) << "prompt " << i;
   }
+}
+
+// A shard or a resumed run generates a subset of the prompts; with each prompt's stream id, a sampled
+// continuation is the one the whole list would have given it.
+TEST_P(GoldenModel, SampledContinuationFollowsTheStreamIdNotThePosition) {
+  slearn::GenerationOptions options;
+  options.max_new_tokens = 16;
+  options.batch_size = 2;
+  options.sampling = {1.0, 0, 1.0, 11};
+  const auto whole = slearn::generate(*model_, golden_.prompts, options);
+  std::vector<std::vector<TokenId>> tail(golden_.prompts.begin() + 2, golden_.prompts.end());
+  const auto shifted = slearn::generate(*model_, tail, options);  // streams 0.. : other samples
+  for (std::size_t i = 2; i < golden_.prompts.size(); ++i) options.stream_ids.push_back(i);
+  const auto subset = slearn::generate(*model_, tail, options);
+  bool any_differs = false;
+  for (std::size_t i = 0; i < tail.size(); ++i) {
+    EXPECT_EQ(subset[i].tokens, whole[i + 2].tokens) << "prompt " << i + 2;
+    any_differs = any_differs || shifted[i].tokens != whole[i + 2].tokens;
+  }
+  EXPECT_TRUE(any_differs) << "sampling at temperature 1 should depend on the stream";
+  options.stream_ids.pop_back();
+  EXPECT_THROW(slearn::generate(*model_, tail, options), slearn::Error);
 }
 
 TEST_P(GoldenModel, IncrementalDecodeMatchesFullPrefill) {
