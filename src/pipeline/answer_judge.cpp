@@ -130,10 +130,10 @@ void generate_indices(Model& model, const std::vector<std::vector<TokenId>>& pro
 
 PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& model, const Tokenizer& tokenizer,
                             ChatFormat format, const Judge& judge, const std::vector<DatasetRecord>& records,
-                            const fs::path& dir, const std::string& label) {
+                            const fs::path& dir, const std::string& label, bool show_progress) {
   PassResult result;
   const int rank = comm.rank();
-  const bool progress_on = true;
+  const bool progress_on = show_progress;
   fs::create_directories(dir);
   StageStop stop(dir / kStopMarker);
 

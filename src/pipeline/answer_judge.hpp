@@ -52,6 +52,6 @@ void check_prompt_lengths(const RunConfig& config, const Tokenizer& tokenizer, C
 // gathers the incorrect ones on every rank, and has rank 0 merge answers.jsonl and judgements.jsonl.
 PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& model, const Tokenizer& tokenizer,
                             ChatFormat format, const Judge& judge, const std::vector<DatasetRecord>& records,
-                            const std::filesystem::path& dir, const std::string& label);
+                            const std::filesystem::path& dir, const std::string& label, bool show_progress = true);
 
 }  // namespace slearn

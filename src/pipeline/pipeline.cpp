@@ -185,7 +185,8 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
   std::map<std::string, double> seconds;
   auto evaluate = [&](const std::string& name) -> double {
     const PassResult pass = answer_and_judge(config, comm, model, tokenizer, format, judge, eval->records,
-                                             run_dir / ("eval-" + name), "eval " + name);
+                                             run_dir / ("eval-" + name), "eval " + name,
+                                             options.show_progress);
     seconds["eval"] += pass.answer_seconds + pass.judge_seconds;
     return 1.0 - static_cast<double>(pass.incorrect_count) / static_cast<double>(eval->records.size());
   };
@@ -198,7 +199,8 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
     const fs::path dir = round == 1 ? run_dir : run_dir / ("round-" + std::to_string(round));
     const std::string label = config.rounds > 1 ? "round " + std::to_string(round) : "";
     model.set_adapter(adapter ? &*adapter : nullptr);
-    const PassResult pass = answer_and_judge(config, comm, model, tokenizer, format, judge, pending, dir, label);
+    const PassResult pass = answer_and_judge(config, comm, model, tokenizer, format, judge, pending, dir, label,
+                                           options.show_progress);
     seconds["answer"] += pass.answer_seconds;
     seconds["judge"] += pass.judge_seconds;
     std::vector<DatasetRecord> wrong;
