@@ -158,9 +158,16 @@ std::string read_text(const std::filesystem::path& path) {
 }
 
 json parse_object(const std::string& text, const std::string& source) {
+  // Messages show offending values with json::dump, which recurses: a value nested absurdly deep (as a fuzzer
+  // or a corrupted file makes) would overflow the stack there, so such files are refused while parsing.
+  constexpr int kMaxDepth = 128;
   json root;
   try {
-    root = json::parse(text);
+    root = json::parse(text, [&source](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxDepth)
+        throw InputError(source + ": JSON nested deeper than " + std::to_string(kMaxDepth) + " levels");
+      return true;
+    });
   } catch (const json::exception& e) {
     throw InputError(source + ": not valid JSON (" + io_detail::json_error_text(e) + ")");
   }

@@ -473,3 +473,17 @@ TEST(ModelConfigGeneration, MalformedFileNamed) {
 }
 
 }  // namespace
+
+// A value nested 100,000 deep where a number belongs: the message would show it with json::dump, which
+// recurses once per level (found by reading the code after the fuzzer found the same in safetensors headers).
+TEST(ModelConfig, DeeplyNestedValueIsRefusedNotAStackOverflow) {
+  TempDir dir;
+  const std::string nested = std::string(100000, '[') + std::string(100000, ']');
+  std::string text = kLlamaConfig;  // spliced by hand: the with() helper would dump the value itself
+  const std::string key = "\"hidden_size\": 4096";
+  ASSERT_NE(text.find(key), std::string::npos);
+  text.replace(text.find(key), key.size(), "\"hidden_size\": " + nested);
+  dir.write("config.json", text);
+  const auto message = input_error([&] { load_model_config(dir.path()); });
+  EXPECT_CONTAINS(message, "nested deeper than 128 levels");
+}
