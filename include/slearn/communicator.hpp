@@ -43,6 +43,9 @@ class MpiSession {
   ~MpiSession();
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
+  // Ends the whole job now with `exit_code` (MPI_Abort) when it has more than one rank; returns otherwise.
+  // For a failure on some ranks only, where finalising would wait for ranks stuck in a collective.
+  void abort_job(int exit_code);
 
  private:
   bool owns_ = false;

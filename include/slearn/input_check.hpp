@@ -35,4 +35,11 @@ class ReportedByAnotherRank : public Error {
 // reported error: 2 for an InputError, 1 otherwise. With one rank it is just check().
 void check_on_all_ranks(Communicator& comm, const std::function<void()>& check);
 
+// Whether the failure now leaving the program was agreed by all ranks (check_on_all_ranks, or another place
+// where every rank takes the same decision and calls mark_failure_agreed). A failure that was not may leave
+// other ranks waiting in a collective: the CLI then aborts the job (MPI_Abort) instead of finalising, which
+// would wait for them forever.
+void mark_failure_agreed();
+bool failure_agreed();
+
 }  // namespace slearn

@@ -25,10 +25,14 @@ int run_command(const std::map<CLI::App*, slearn::cli::Command>& commands, bool 
     return 2;
   } catch (const slearn::StopRequested& e) {
     // Every rank of the job stops together; one of them reports, so the line appears once.
-    if (e.report()) std::cerr << "slearn_dist: " << e.what() << std::endl;
+    // Only the reporting rank exits non-zero: mpirun ends the job at the first non-zero exit and may drop
+    // output still in flight from the others, which lost the reporter's line when a silent rank was quicker.
+    // The job's exit code (mpirun's, srun's, Slurm's) is then the reporter's.
+    if (!e.report()) return 0;
+    std::cerr << "slearn_dist: " << e.what() << std::endl;
     return slearn::kExitStopped;
-  } catch (const slearn::ReportedByAnotherRank& e) {
-    return e.exit_code();  // a failure every rank saw alike; another rank prints it (docs/failures.md)
+  } catch (const slearn::ReportedByAnotherRank&) {
+    return 0;  // a failure every rank saw alike: the reporting rank prints it and gives the job its exit code
   } catch (const slearn::InputError& e) {
     std::cerr << "slearn_dist: error: " << e.what();
     if (verbose_errors) std::cerr << " [" << e.source_file() << ":" << e.source_line() << "]";
@@ -80,6 +84,10 @@ int main(int argc, char** argv) {
   }
 
   const int code = run_command(commands, verbose_errors);
+  // A failure some ranks did not take part in (an error while working, on this rank alone) leaves the others
+  // in their next collective: finalising would wait for them, so the job is aborted instead, once the line
+  // is out. Agreed failures and stops end every rank by itself.
+  if (code != 0 && code != slearn::kExitStopped && !slearn::failure_agreed() && g_mpi) g_mpi->abort_job(code);
   g_mpi.reset();  // MPI_Finalize, once the outcome is reported (see start_mpi)
   return code;
 }

@@ -183,4 +183,12 @@ MpiSession::~MpiSession() {
   if (MPI_Finalized(&finalized) == MPI_SUCCESS && finalized == 0) MPI_Finalize();
 }
 
+void MpiSession::abort_job(int exit_code) {
+  int initialized = 0, finalized = 0, size = 1;
+  if (MPI_Initialized(&initialized) != MPI_SUCCESS || initialized == 0) return;
+  if (MPI_Finalized(&finalized) != MPI_SUCCESS || finalized != 0) return;
+  if (MPI_Comm_size(MPI_COMM_WORLD, &size) != MPI_SUCCESS || size <= 1) return;
+  MPI_Abort(MPI_COMM_WORLD, exit_code);
+}
+
 }  // namespace slearn

@@ -1,3 +1,4 @@
+#include <atomic>
 #include "slearn/input_check.hpp"
 
 #include <algorithm>
@@ -6,6 +7,13 @@
 #include <vector>
 
 namespace slearn {
+
+namespace {
+std::atomic<bool> failure_agreed_flag{false};
+}  // namespace
+
+void mark_failure_agreed() { failure_agreed_flag = true; }
+bool failure_agreed() { return failure_agreed_flag; }
 
 void check_on_all_ranks(Communicator& comm, const std::function<void()>& check) {
   std::exception_ptr failure;
@@ -34,6 +42,7 @@ void check_on_all_ranks(Communicator& comm, const std::function<void()>& check) 
   // The reporter's message, to tell an identical failure (stay silent) from another one (say it too).
   std::string reported = comm.rank() == reporter ? message : std::string();
   comm.broadcast(reported, reporter);
+  mark_failure_agreed();  // every rank leaves now: none waits in a collective, so MPI can finalise normally
   if (comm.rank() == reporter) std::rethrow_exception(failure);
   if (failure && message != reported) {
     const std::string text = "rank " + std::to_string(comm.rank()) + ": " + message;

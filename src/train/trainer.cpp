@@ -194,7 +194,8 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
     for (std::size_t i = 0; i < parameters.size(); ++i)
       if (!all_finite(*parameters[i]) || !all_finite(optimizer.first_moments()[i]) ||
           !all_finite(optimizer.second_moments()[i])) {
-        if (!leader) throw ReportedByAnotherRank(0, 1);
+        mark_failure_agreed();
+      if (!leader) throw ReportedByAnotherRank(0, 1);
         throw Error("training step " + std::to_string(done) + ": " + keys[i] +
                     " or its optimizer state is not finite; no checkpoint written, the last good one is kept");
       }
@@ -303,6 +304,7 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
       save_progress();  // the parameters are still those of the last good step
       comm.barrier();   // every rank waits for the checkpoint before any exits (mpirun ends the job on an error)
       // Every rank took this decision on the same summed values: rank 0 reports, the others exit quietly.
+      mark_failure_agreed();
       if (!leader) throw ReportedByAnotherRank(0, 1);
       throw Error("training step " + std::to_string(step + 1) + ": non-finite value in " + non_finite +
                   "; stopped (train.nan_policy: stop), the last good checkpoint (step " + std::to_string(step) +
