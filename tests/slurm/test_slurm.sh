@@ -11,13 +11,13 @@
 #      time limit: the ranks save and exit 75 and the job requeues itself, then resumes (a slearn_dist
 #      without SIGUSR1 handling dies of it instead: then the same job submitted again must resume)
 #
-#   tests/slurm/test_slurm.sh SLEARN_DIST [CONFIG]     (CONFIG default: tests/fixtures/pipeline-tiny.yaml,
-#                                                      or $SLEARN_SLURM_TEST_CONFIG; relative to the checkout)
-# Every run gets the overrides in $SLEARN_SLURM_TEST_SET (space-separated KEY=VALUE; default: longer
-# training for the tiny fixture, whose whole run otherwise takes a second: too fast to interrupt). The
-# interruptions in training wait for checkpoint step $SLEARN_SLURM_TEST_STEP (default 8) or later. For the
-# demo (about 90 s on 2 cores):
-#   SLEARN_SLURM_TEST_SET= SLEARN_SLURM_TEST_STEP=20 tests/slurm/test_slurm.sh build/bin/slearn_dist configs/demo.yaml
+#   tests/slurm/test_slurm.sh SLEARN_DIST [CONFIG]     (CONFIG default: configs/demo.yaml, the demo job, or
+#                                                      $SLEARN_SLURM_TEST_CONFIG; relative to the checkout)
+# Every run gets the overrides in $SLEARN_SLURM_TEST_SET (space-separated KEY=VALUE; default none). The
+# interruptions in training wait for checkpoint step $SLEARN_SLURM_TEST_STEP (default 20) or later. The demo
+# takes about 50 s on 2 cores; for the tiny fixture, whose run takes a second, train longer:
+#   SLEARN_SLURM_TEST_SET=train.epochs=20 SLEARN_SLURM_TEST_STEP=8 \
+#     tests/slurm/test_slurm.sh build/bin/slearn_dist tests/fixtures/pipeline-tiny.yaml
 # Exit 0: passed; 1: failed; 77: skipped (no Slurm, and no root to install it). Every daemon and job it
 # started is stopped on the way out, whatever happens. SLEARN_SLURM_TEST_KEEP=1 keeps the work directory.
 set -euo pipefail
@@ -26,13 +26,13 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 [ $# -ge 1 ] || { echo "usage: $0 SLEARN_DIST [CONFIG]" >&2; exit 2; }
 binary="$(readlink -f "$1")"
-config=${2:-${SLEARN_SLURM_TEST_CONFIG:-tests/fixtures/pipeline-tiny.yaml}}
+config=${2:-${SLEARN_SLURM_TEST_CONFIG:-configs/demo.yaml}}
 cd "$root"
 [ -x "$binary" ] || { echo "no slearn_dist at $1" >&2; exit 2; }
 [ -f "$config" ] || { echo "no configuration $config" >&2; exit 2; }
 overrides=()
-for kv in ${SLEARN_SLURM_TEST_SET-train.epochs=20}; do overrides+=(--set "$kv"); done
-step=${SLEARN_SLURM_TEST_STEP:-8}
+for kv in ${SLEARN_SLURM_TEST_SET-}; do overrides+=(--set "$kv"); done
+step=${SLEARN_SLURM_TEST_STEP:-20}
 
 # shellcheck source=tests/slurm/cluster.sh
 source "$here/cluster.sh"
