@@ -4,11 +4,11 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import tempfile
 import time
 
+from runfiles import f32_tensors as tensors
 from clitest import BINARY, ROOT, check, finish
 
 os.environ.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
@@ -25,21 +25,6 @@ def command(np, run_dir):
 def run(np, run_dir):
     done = subprocess.run(command(np, run_dir), cwd=ROOT, capture_output=True, text=True, timeout=600)
     return done.returncode, done.stdout + done.stderr
-
-
-def tensors(path):
-    """The F32 tensors of a safetensors file, read with the standard library."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        out[name] = struct.unpack(f"<{(end - begin) // 4}f", data[begin:end])
-    return out
 
 
 def read(run_dir, name):

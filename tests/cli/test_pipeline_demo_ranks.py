@@ -5,10 +5,10 @@ bit-identical), LoRA dropout included."""
 import json
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 
+from runfiles import f32_tensors as tensors
 from clitest import BINARY, ROOT, check, finish
 
 os.environ.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
@@ -20,20 +20,6 @@ CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
 SLICE = ["data.max_records=96", "eval.data.max_records=48", "train.epochs=3", "train.global_batch_size=12",
          "train.micro_batch_size=2", "checkpoint.every_steps=5", "lora.dropout=0.1",
          "answer.temperature=0.7"]
-
-
-def tensors(path):
-    """The F32 tensors of a safetensors file, read with the standard library."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name != "__metadata__":
-            begin, end = info["data_offsets"]
-            out[name] = struct.unpack(f"<{(end - begin) // 4}f", data[begin:end])
-    return out
 
 
 work = tempfile.mkdtemp(prefix="slearn-demo-ranks-")

@@ -8,11 +8,11 @@ import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import tempfile
 import time
 
+from runfiles import f32_tensors as tensors
 from clitest import BINARY, ROOT, check, finish
 
 os.environ.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
@@ -123,16 +123,6 @@ def shard_ids_unique(run_dir, sub=""):
                 with open(os.path.join(d, f)) as shard:
                     ids += [json.loads(l)["id"] for l in shard.read().split("\n")[:-1]]
         check(len(ids) == len(set(ids)), f"{d}: no {name} id written twice")
-
-
-def tensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    return {k: struct.unpack(f"<{(v['data_offsets'][1] - v['data_offsets'][0]) // 4}f",
-                             data[v["data_offsets"][0]:v["data_offsets"][1]])
-            for k, v in header.items() if k != "__metadata__"}
 
 
 def read(run_dir, name):

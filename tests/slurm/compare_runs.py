@@ -5,23 +5,10 @@ judgements and selected records, every record once, the same counts, adapters wi
 Prints one line per check; exits 1 when any failed. Standard library only."""
 import json
 import os
-import struct
 import sys
 
-
-def tensors(path):
-    """The F32 tensors of a safetensors file."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        out[name] = struct.unpack(f"<{(end - begin) // 4}f", data[begin:end])
-    return out
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cli"))
+from runfiles import f32_tensors as tensors  # noqa: E402
 
 
 def read(run_dir, name):
