@@ -21,6 +21,7 @@
 #include "cuda/cuda_check.hpp"
 #include "cuda/cuda_kernels.hpp"
 #include "cuda/gemm.hpp"
+#include "slearn/device_binding.hpp"
 #include "slearn/error.hpp"
 
 namespace slearn {
@@ -506,8 +507,10 @@ std::unique_ptr<Backend> make_cuda_backend() {
                      (status != cudaSuccess ? cudaGetErrorString(status) : "no devices") +
                      "); use --backend cpu or auto");
   }
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
+  // One GPU per rank on the node, chosen by local rank (slearn/device_binding.hpp), before anything is
+  // allocated; InputError when the node has more ranks than visible GPUs.
+  const int device = choose_local_device(read_local_rank_info(), count);
+  CUDA_CHECK(cudaSetDevice(device));
   cudaDeviceProp properties{};
   CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
   if (properties.major < 8)

@@ -10,7 +10,9 @@ namespace slearn {
 
 // Visible CUDA devices; 0 when there is no driver or no device (never throws).
 int cuda_device_count();
-// The bf16 CUDA backend on the current device; InputError when no usable device is visible.
+// The bf16 CUDA backend on this rank's device: cudaSetDevice(choose_local_device(...)) by local rank
+// (slearn/device_binding.hpp); InputError when no usable device is visible or the node has more ranks than
+// visible devices.
 std::unique_ptr<Backend> make_cuda_backend();
 
 }  // namespace slearn

@@ -18,4 +18,11 @@ void throw_cublas_error(cublasStatus_t status, const char* call, const char* fil
               " (" + file + ":" + std::to_string(line) + ")");
 }
 
+#ifdef SLEARN_WITH_NCCL
+void throw_nccl_error(ncclResult_t status, const char* call, const char* file, int line) {
+  throw Error(std::string(call) + " failed: " + ncclGetErrorString(status) + " (" + file + ":" +
+              std::to_string(line) + ")");
+}
+#endif
+
 }  // namespace slearn::cuda
