@@ -11,7 +11,7 @@
 
 #include "slearn/error.hpp"
 #include "train/train_sections.hpp"
-#include "train/yaml_schema.hpp"
+#include "io/yaml_schema.hpp"
 
 namespace slearn {
 namespace {

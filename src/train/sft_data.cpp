@@ -1,6 +1,6 @@
 // SFT data: question/answer records and the token sequences built from them.
 //
-// Records are read by the data-set reader (src/train/dataset.cpp, "qa" format, every bad record an error);
+// Records are read by the data-set reader (src/io/dataset.cpp, "qa" format, every bad record an error);
 // load_qa_records() only maps the training configuration's field names onto it.
 #include "slearn/sft_data.hpp"
 

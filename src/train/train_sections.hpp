@@ -4,7 +4,7 @@
 #pragma once
 
 #include "slearn/train_config.hpp"
-#include "train/yaml_schema.hpp"
+#include "io/yaml_schema.hpp"
 
 namespace slearn::train_sections {
 

@@ -1,6 +1,6 @@
 #include <sstream>
 #include <fstream>
-#include "train/yaml_schema.hpp"
+#include "io/yaml_schema.hpp"
 
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
