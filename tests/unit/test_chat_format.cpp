@@ -76,10 +76,7 @@ TEST(ChatFormat, NamesAndEndTokens) {
   EXPECT_EQ(chat_end_token(ChatFormat::Llama3), "<|eot_id|>");
 }
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using slearn::testing::read_file;
 
 TEST(ChatFormat, DefaultFormatPerModelFamily) {
   const auto byte_level = testing::fixtures_dir() / "tokenizers" / "bytelevel-tiny";
@@ -94,7 +91,7 @@ TEST(ChatFormat, DefaultFormatPerModelFamily) {
   EXPECT_THROW(default_chat_format("gpt_neox", chatml), InputError);
 
   // A LLaMA-3 style vocabulary knows the header tokens.
-  nlohmann::json spec = nlohmann::json::parse(read_text(byte_level / "tokenizer.json"));
+  nlohmann::json spec = nlohmann::json::parse(read_file(byte_level / "tokenizer.json"));
   int id = 480;
   for (const char* token : {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"}) {
     spec["added_tokens"].push_back({{"id", id++}, {"content", token}, {"single_word", false}, {"lstrip", false},

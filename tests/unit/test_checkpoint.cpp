@@ -48,10 +48,7 @@ class TempDir {
   fs::path path_;
 };
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using slearn::testing::read_file;
 
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -195,7 +192,7 @@ TEST(Checkpoint, KeepLastLeavesTheNewestAndLatestPointsAtIt) {
   for (std::int64_t step = 1; step <= 5; ++step) save_checkpoint(dir.path(), sample_state(step * 10), 2);
   EXPECT_EQ(file_names(dir.path()),
             (std::vector<std::string>{"latest", "step-00000040.h5", "step-00000050.h5"}));
-  EXPECT_EQ(read_text(dir / "latest"), "step-00000050.h5\n");
+  EXPECT_EQ(read_file(dir / "latest"), "step-00000050.h5\n");
   const auto latest = load_latest_checkpoint(dir.path(), kFingerprint);
   ASSERT_TRUE(latest.has_value());
   EXPECT_EQ(latest->step, 50);
@@ -207,7 +204,7 @@ TEST(Checkpoint, KeepLastNeverRemovesTheCheckpointJustWritten) {
   save_checkpoint(dir.path(), sample_state(90), 5);
   save_checkpoint(dir.path(), sample_state(20), 1);
   EXPECT_TRUE(fs::exists(dir / "step-00000020.h5"));
-  EXPECT_EQ(read_text(dir / "latest"), "step-00000020.h5\n");
+  EXPECT_EQ(read_file(dir / "latest"), "step-00000020.h5\n");
   EXPECT_EQ(load_latest_checkpoint(dir.path(), kFingerprint)->step, 20);
 }
 
@@ -264,7 +261,7 @@ TEST(Checkpoint, TruncatedCheckpointIsAnInputErrorAndPrintsNothing) {
 TEST(Checkpoint, CorruptCheckpointIsAnInputError) {
   TempDir dir;
   const fs::path file = save_checkpoint(dir.path(), sample_state(7), 2);
-  std::string bytes = read_text(file);
+  std::string bytes = read_file(file);
   // Scribble over everything after the superblock.
   for (std::size_t i = 96; i < bytes.size(); ++i) bytes[i] = static_cast<char>(0xa5 ^ (i * 31));
   write_text(file, bytes);
@@ -401,7 +398,7 @@ TEST(Fingerprint, ModelIsStableAndFollowsConfigAndShards) {
   write_text(copy / "README.md", "notes\n");
   EXPECT_EQ(first, fingerprint_model(copy));
 
-  const std::string config = read_text(copy / "config.json");
+  const std::string config = read_file(copy / "config.json");
   write_text(copy / "config.json", config + " ");
   const std::string changed = fingerprint_model(copy);
   EXPECT_TRUE(is_hex32(changed));
@@ -411,7 +408,7 @@ TEST(Fingerprint, ModelIsStableAndFollowsConfigAndShards) {
 
   // A shard that grows (another size) or goes away changes it.
   const fs::path shard = copy / "model-00002-of-00003.safetensors";
-  const std::string bytes = read_text(shard);
+  const std::string bytes = read_file(shard);
   write_text(shard, bytes + std::string(8, '\0'));
   EXPECT_NE(first, fingerprint_model(copy));
   write_text(shard, bytes);

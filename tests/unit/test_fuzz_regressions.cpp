@@ -32,12 +32,7 @@ namespace fs = std::filesystem;
 
 fs::path regression(const std::string& name) { return testing::fixtures_dir() / "fuzz-regressions" / name; }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+using slearn::testing::read_file;
 
 // A fresh directory for the test's files, removed at the end.
 class FuzzRegressions : public ::testing::Test {
@@ -86,7 +81,7 @@ std::string input_error_within(const std::function<void()>& body, std::chrono::s
 // fuzz_config: a YAML config that is only "," never returned (yaml-cpp 0.7's LoadAll loops forever, allocating,
 // on a ',' outside brackets: jbeder/yaml-cpp#1040). Now it is invalid YAML, with the line and column.
 TEST_F(FuzzRegressions, YamlConfigStrayCommaHangs) {
-  const std::string comma = read_text(regression("config-stray-comma.yaml"));
+  const std::string comma = read_file(regression("config-stray-comma.yaml"));
   ASSERT_EQ(comma, ",");
   EXPECT_EQ(input_error_within([&] { parse_run_config(comma, "run.yaml"); }),
             "run.yaml: invalid YAML (line 1, column 1): unexpected ',' (a ',' belongs inside [...] or {...})");

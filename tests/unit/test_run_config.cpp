@@ -560,12 +560,7 @@ TEST(RunConfig, ToTrainConfig) {
   EXPECT_EQ(d.train.epochs, 5);
 }
 
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+using slearn::testing::read_file;
 
 // The reference rows of the keys under `prefix` ("lora.").
 std::vector<std::string> rows_under(const std::string& reference, const std::string& prefix) {

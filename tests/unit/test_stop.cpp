@@ -23,12 +23,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
+using slearn::testing::read_file;
 
 // Every test starts and ends without a pending request and with the default dispositions.
 class Stop : public ::testing::Test {
@@ -193,7 +188,7 @@ class StopTraining : public Stop {
     options.inject_nan_at_step = inject;
     return slearn::train_lora(c, *comm, options);
   }
-  std::string latest(const std::string& run) const { return slurp(root_ / run / "checkpoints" / "latest"); }
+  std::string latest(const std::string& run) const { return read_file(root_ / run / "checkpoints" / "latest"); }
   fs::path root_;
 };
 
@@ -215,8 +210,8 @@ TEST_F(StopTraining, RequestCheckpointsTheStepsDoneAndResumesExactly) {
   const auto resumed = train(config("stopped"));
   EXPECT_TRUE(resumed.finished);
   EXPECT_EQ(resumed.resumed_from, 3);
-  EXPECT_EQ(slurp(root_ / "stopped" / "adapter" / "adapter_model.safetensors"),
-            slurp(root_ / "straight" / "adapter" / "adapter_model.safetensors"));
+  EXPECT_EQ(read_file(root_ / "stopped" / "adapter" / "adapter_model.safetensors"),
+            read_file(root_ / "straight" / "adapter" / "adapter_model.safetensors"));
 }
 
 TEST_F(StopTraining, NanPolicyStopNamesStepAndTensorAndKeepsTheLastGoodCheckpoint) {
@@ -239,8 +234,8 @@ TEST_F(StopTraining, NanPolicyStopNamesStepAndTensorAndKeepsTheLastGoodCheckpoin
   const auto resumed = train(config("nan"));
   EXPECT_EQ(resumed.resumed_from, 2);
   train(config("straight"));
-  EXPECT_EQ(slurp(root_ / "nan" / "adapter" / "adapter_model.safetensors"),
-            slurp(root_ / "straight" / "adapter" / "adapter_model.safetensors"));
+  EXPECT_EQ(read_file(root_ / "nan" / "adapter" / "adapter_model.safetensors"),
+            read_file(root_ / "straight" / "adapter" / "adapter_model.safetensors"));
 }
 
 TEST_F(StopTraining, NanPolicySkipStepSkipsTheUpdateAndCountsIt) {
@@ -269,7 +264,7 @@ TEST(AtomicFiles, WriteReplacesWholeAndLeavesNoTemporary) {
   fs::create_directories(dir);
   slearn::write_file_atomically(dir / "a.json", "first\n");
   slearn::write_file_atomically(dir / "a.json", "second\n");
-  EXPECT_EQ(slurp(dir / "a.json"), "second\n");
+  EXPECT_EQ(read_file(dir / "a.json"), "second\n");
 
   slearn::replace_directory_atomically(dir / "adapter", [](const fs::path& tmp) {
     slearn::write_file_atomically(tmp / "x", "1");
@@ -282,12 +277,12 @@ TEST(AtomicFiles, WriteReplacesWholeAndLeavesNoTemporary) {
                                                       throw slearn::Error("cut short");
                                                     }),
                slearn::Error);
-  EXPECT_EQ(slurp(dir / "adapter" / "x"), "1");
-  EXPECT_EQ(slurp(dir / "adapter" / "y"), "2");
+  EXPECT_EQ(read_file(dir / "adapter" / "x"), "1");
+  EXPECT_EQ(read_file(dir / "adapter" / "y"), "2");
   slearn::replace_directory_atomically(dir / "adapter",
                                        [](const fs::path& tmp) { slearn::write_file_atomically(tmp / "z", "3"); });
   EXPECT_FALSE(fs::exists(dir / "adapter" / "x"));
-  EXPECT_EQ(slurp(dir / "adapter" / "z"), "3");
+  EXPECT_EQ(read_file(dir / "adapter" / "z"), "3");
   // Nothing temporary is left behind, not even by the failed fill.
   for (const auto& entry : fs::directory_iterator(dir))
     EXPECT_FALSE(slearn::is_atomic_temporary(entry.path())) << entry.path();

@@ -43,10 +43,7 @@ std::vector<EncodeCase> read_cases(const std::filesystem::path& path) {
   return cases;
 }
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using slearn::testing::read_file;
 
 std::filesystem::path qwen_dir() { return testing::shared_data_dir() / "qwen-tokenizer"; }
 std::filesystem::path fixture_dir(const char* name) { return testing::fixtures_dir() / "tokenizers" / name; }
@@ -278,7 +275,7 @@ TEST(TokenizerSynthetic, IgnoreMergesEmitsWholeVocabularyWords) {
 
 TEST(TokenizerSynthetic, AddedTokenStripAndSingleWord) {
   SKIP_WITHOUT(fixture_dir("bytelevel-tiny"));
-  json spec = json::parse(read_text(fixture_dir("bytelevel-tiny") / "tokenizer.json"));
+  json spec = json::parse(read_file(fixture_dir("bytelevel-tiny") / "tokenizer.json"));
   auto add = [&](int id, const char* content, bool lstrip, bool rstrip, bool single_word) {
     spec["added_tokens"].push_back({{"id", id}, {"content", content}, {"single_word", single_word}, {"lstrip", lstrip},
                                     {"rstrip", rstrip}, {"normalized", false}, {"special", false}});

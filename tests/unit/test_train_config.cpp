@@ -420,12 +420,7 @@ TEST(TrainConfig, LoadsFiles) {
   std::filesystem::remove_all(dir);
 }
 
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+using slearn::testing::read_file;
 
 // docs/configuration.md holds train_config_reference() between its markers. After changing the schema, run
 // this test with SLEARN_UPDATE_DOCS=1 to rewrite that part of the file.

@@ -19,12 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
+using slearn::testing::read_file;
 
 class Trainer : public ::testing::Test {
  protected:
@@ -75,8 +70,8 @@ TEST_F(Trainer, StopAndResumeGivesByteIdenticalAdapter) {
   EXPECT_TRUE(second.finished);
   EXPECT_EQ(second.resumed_from, 5);
 
-  const std::string a = slurp(root_ / "straight" / "adapter" / "adapter_model.safetensors");
-  const std::string b = slurp(root_ / "resumed" / "adapter" / "adapter_model.safetensors");
+  const std::string a = read_file(root_ / "straight" / "adapter" / "adapter_model.safetensors");
+  const std::string b = read_file(root_ / "resumed" / "adapter" / "adapter_model.safetensors");
   ASSERT_FALSE(a.empty());
   EXPECT_TRUE(a == b) << "adapters differ after stop and resume";
   // metrics.jsonl: one line per step, none twice.
