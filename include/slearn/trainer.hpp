@@ -7,8 +7,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "slearn/backend.hpp"
 #include "slearn/communicator.hpp"
@@ -43,10 +45,11 @@ struct TrainResult {
 };
 
 // Loads the model, tokenizer and data of `config` and trains.
-// LoRA training needs the adapter, its gradients and the optimizer state in host fp32 memory, which only the
-// cpu backend provides today; the GPU trainer (device-side AdamW, NCCL allreduce) is still to come
-// (docs/cuda.md). Throws an InputError naming the backend otherwise.
-void require_training_backend(const Backend& backend);
+// The backend a training job runs on, from the configuration's `backend`. LoRA training needs the adapter, its
+// gradients and the optimizer state in host fp32 memory, which only the cpu backend provides today; the GPU
+// trainer (device-side AdamW, NCCL allreduce) is still to come (docs/cuda.md). So "auto" means cpu here, and
+// any other backend is an InputError naming it.
+std::unique_ptr<Backend> make_training_backend(std::string_view name);
 
 TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options);
 

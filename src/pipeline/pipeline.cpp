@@ -144,8 +144,7 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
       config.judge.kind == "model" || (config.judge.kind == "cascade" && !config.judge.model.empty());
   std::string fingerprint;
   check_on_all_ranks(comm, [&] {
-    backend = make_backend(config.backend == "auto" ? "cpu" : config.backend);
-    require_training_backend(*backend);  // the pipeline trains with the backend it answers with
+    backend = make_training_backend(config.backend);  // the pipeline trains with the backend it answers with
     model_slot.emplace(Model::load(config.model, *backend));
     tokenizer_slot.emplace(Tokenizer::from_dir(config.model));
     format = chat_format_for(config.answer.chat_format, *model_slot, *tokenizer_slot);

@@ -370,17 +370,18 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   return result;
 }
 
-void require_training_backend(const Backend& backend) {
-  if (backend.name() != "cpu")
-    throw InputError("LoRA training runs on the cpu backend only for now; the " + std::string(backend.name()) +
+std::unique_ptr<Backend> make_training_backend(std::string_view name) {
+  auto backend = make_backend(name == "auto" ? "cpu" : name);
+  if (backend->name() != "cpu")
+    throw InputError("LoRA training runs on the cpu backend only for now; the " + std::string(backend->name()) +
                      " backend serves generation (the GPU trainer is not written yet, see docs/cuda.md): set "
                      "backend: cpu");
+  return backend;
 }
 
 TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options) {
   apply_thread_plan(plan_threads(config.threads));
-  auto backend = make_backend(config.backend == "auto" ? "cpu" : config.backend);
-  require_training_backend(*backend);
+  auto backend = make_training_backend(config.backend);
   Model model = Model::load(config.model, *backend);
   const Tokenizer tokenizer = Tokenizer::from_dir(config.model);
   const ChatFormat format = config.data.chat_format == "auto"
