@@ -62,10 +62,13 @@ class WeightStore {
   bool contains(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;  // throws InputError naming the tensor when absent
   std::vector<std::string> names() const;                  // sorted
-  // Copies a tensor into `out` as fp32 after checking its shape equals `expected_shape`; a mismatch throws
-  // InputError naming the file, the tensor, the expected and the actual shape.
+  // Checks that the tensor exists, has a floating-point dtype and the shape `expected_shape`, without reading
+  // it: a mismatch throws InputError naming the file, the tensor, the expected and the actual shape.
+  void check_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape) const;
+  // Copies a tensor into `out` as fp32 after check_f32.
   void read_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape, float* out) const;
   std::filesystem::path file_of(const std::string& name) const;
+  const std::filesystem::path& model_dir() const { return model_dir_; }
 
  private:
   std::filesystem::path model_dir_;  // for error messages

@@ -47,7 +47,17 @@ class Tokenizer {
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
   friend class StreamDecoder;
+  friend void check_tokenizer_fits_vocab(const Tokenizer&, std::int64_t, const std::filesystem::path&);
 };
+
+// Refuses a tokenizer that can produce an id the model has no embedding row for: any id of its vocabulary,
+// its added tokens or its post-processor's special tokens that is >= the model's `vocab_size` (config.json).
+// Such an id would otherwise pass every input check and fail in the middle of a run. The InputError names
+// `tokenizer_json`, the token with the highest id, that id and vocab_size. Call it wherever a model and its
+// tokenizer are loaded together. (Chat formats name their special tokens by text, which the tokenizer maps
+// to ids of its own vocabulary or added tokens, so those are covered.)
+void check_tokenizer_fits_vocab(const Tokenizer& tokenizer, std::int64_t vocab_size,
+                                const std::filesystem::path& tokenizer_json);
 
 // Incremental decoding for streamed output: push() returns only text that is final. A byte sequence that is
 // an incomplete UTF-8 character is held back until it completes; finish() flushes what remains.

@@ -1,5 +1,6 @@
 // slearn_dist generate: batched generation from a Hugging Face model directory; one JSON line per prompt.
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -64,23 +65,27 @@ std::vector<TokenId> parse_id_list(const std::string& text) {
 struct PromptInput {
   std::optional<std::string> text;
   std::vector<TokenId> ids;
+  std::string source;  // where the ids came from, for messages: "--prompt-ids 1,2,3" or "prompts.jsonl:4"
 };
 
 std::vector<PromptInput> collect_prompts(const GenerateOptions& o) {
   std::vector<PromptInput> inputs;
-  for (const auto& text : o.prompts) inputs.push_back({text, {}});
-  for (const auto& list : o.prompt_ids) inputs.push_back({std::nullopt, parse_id_list(list)});
+  for (const auto& text : o.prompts) inputs.push_back({text, {}, {}});
+  for (const auto& list : o.prompt_ids) inputs.push_back({std::nullopt, parse_id_list(list), "--prompt-ids " + list});
   if (!o.prompts_file.empty()) {
     std::ifstream file(o.prompts_file);
     if (!file) throw InputError(o.prompts_file + ": cannot open the prompts file");
     for_each_json_line(file, o.prompts_file, [&](const nlohmann::json& record, std::size_t line) {
       const std::string where = o.prompts_file + ":" + std::to_string(line) + ": ";
       if (auto it = record.find("prompt"); it != record.end() && it->is_string()) {
-        inputs.push_back({it->get<std::string>(), {}});
+        inputs.push_back({it->get<std::string>(), {}, {}});
       } else if (auto ids = record.find("ids"); ids != record.end() && ids->is_array()) {
         PromptInput input;
+        input.source = o.prompts_file + ":" + std::to_string(line);
         for (const auto& id : *ids) {
-          if (!id.is_number_integer()) throw InputError(where + "\"ids\" must hold integers");
+          // get<TokenId> would wrap a larger integer into some other id without a word.
+          if (!id.is_number_integer() || id.get<std::int64_t>() < 0 || id.get<std::int64_t>() > INT32_MAX)
+            throw InputError(where + "\"ids\" must hold token ids (integers from 0 to 2147483647)");
           input.ids.push_back(id.get<TokenId>());
         }
         inputs.push_back(std::move(input));
@@ -97,15 +102,41 @@ void add_unique(std::vector<TokenId>& ids, std::int64_t id) {
   if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(static_cast<TokenId>(id));
 }
 
+// A double as the user would write it: 0.7, -1, nan, inf.
+std::string shown(double value) {
+  std::ostringstream text;
+  text << value;
+  return text.str();
+}
+
+// The sampling options, checked before anything is loaded. A NaN passes every "<" and ">" test, and an infinite
+// temperature flattens the distribution to uniform, so each is refused by name rather than sampling noise.
+void check_sampling(const GenerateOptions& o) {
+  if (!std::isfinite(o.temperature) || o.temperature < 0)
+    throw InputError("--temperature must be a finite number >= 0 (0 is greedy), got " + shown(o.temperature));
+  if (!std::isfinite(o.top_p) || !(o.top_p > 0 && o.top_p <= 1))
+    throw InputError("--top-p must be a number in (0, 1] (1 keeps every token), got " + shown(o.top_p));
+  if (o.top_k < 0) throw InputError("--top-k must be >= 0 (0 keeps every token), got " + std::to_string(o.top_k));
+}
+
+// Prompt ids the model has no embedding for would fail inside the forward; named here instead. (Text prompts
+// are encoded into ids check_tokenizer_fits_vocab has already checked.)
+void check_prompt_ids(const PromptInput& input, std::int64_t vocab_size, const std::filesystem::path& dir) {
+  for (const TokenId id : input.ids)
+    if (id >= vocab_size)
+      throw InputError(input.source + ": token id " + std::to_string(id) + " is out of range for the model (" +
+                       (dir / "config.json").string() + " has vocab_size " + std::to_string(vocab_size) + ")");
+}
+
 int run_generate(const GenerateOptions& o) {
+  check_sampling(o);
   const ThreadPlan plan = plan_threads(o.threads);
   apply_thread_plan(plan);
   const std::filesystem::path dir(o.model_dir);
-  std::optional<Tokenizer> tokenizer;
-  if (std::filesystem::exists(dir / "tokenizer.json")) tokenizer.emplace(Tokenizer::from_dir(dir));
 
   auto backend = make_backend(o.backend);
   const auto load_start = std::chrono::steady_clock::now();
+  // The model first, as run does: a model directory that cannot be read is reported as that.
   Model model = Model::load(dir, *backend);
   std::optional<LoraAdapter> adapter;
   if (!o.adapter_dir.empty()) {
@@ -113,6 +144,14 @@ int run_generate(const GenerateOptions& o) {
     model.set_adapter(&*adapter);
   }
   const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+
+  std::optional<Tokenizer> tokenizer;
+  // With an error_code (exists() without one throws for a symlink loop); a loop goes to from_dir, which names it.
+  std::error_code error;
+  if (std::filesystem::exists(dir / "tokenizer.json", error) || error == std::errc::too_many_symbolic_link_levels) {
+    tokenizer.emplace(Tokenizer::from_dir(dir));
+    check_tokenizer_fits_vocab(*tokenizer, model.config().vocab_size, dir / "tokenizer.json");
+  }
 
   std::optional<ChatFormat> format;
   if (o.chat) {
@@ -124,6 +163,7 @@ int run_generate(const GenerateOptions& o) {
   std::vector<std::vector<TokenId>> prompts;
   for (PromptInput& input : collect_prompts(o)) {
     if (!input.text) {
+      check_prompt_ids(input, model.config().vocab_size, dir);
       prompts.push_back(std::move(input.ids));
       continue;
     }

@@ -17,8 +17,12 @@ std::mt19937_64 sequence_rng(std::uint64_t seed, std::uint64_t index) {
 
 TokenId sample_token(std::span<const float> logits, const SamplingOptions& options, std::mt19937_64& rng) {
   if (logits.empty()) throw Error("sample_token: empty logits");
-  if (options.temperature < 0) throw InputError("temperature must be >= 0");
-  if (options.top_p <= 0 || options.top_p > 1) throw InputError("top_p must be in (0, 1]");
+  // Written so that NaN fails them (every comparison with NaN is false); an infinite temperature would make
+  // every token equally likely, which no caller means.
+  if (!(options.temperature >= 0) || !std::isfinite(options.temperature))
+    throw InputError("temperature must be a finite number >= 0, got " + std::to_string(options.temperature));
+  if (!(options.top_p > 0 && options.top_p <= 1))
+    throw InputError("top_p must be in (0, 1], got " + std::to_string(options.top_p));
   if (options.top_k < 0) throw InputError("top_k must be >= 0");
   if (options.temperature == 0.0)
     return static_cast<TokenId>(std::max_element(logits.begin(), logits.end()) - logits.begin());

@@ -18,6 +18,7 @@
 #include <optional>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "slearn/error.hpp"
 #include "tokenizer/unicode.hpp"
@@ -154,6 +155,53 @@ const std::string kNotUtf8Hint =
     "; the data file is not UTF-8 text (convert one in another encoding, such as GB18030/GBK or Latin-1, to UTF-8, "
     "e.g. with iconv -f GB18030 -t UTF-8)";
 
+// JSON leaves repeated keys to the reader, and nlohmann keeps the last one silently: a record with two
+// "question"s (a botched merge of two files, say) would train on one of them without a word. As a parser
+// callback, this tracks the keys of every open object (arrays hold no keys; objects inside them get frames of
+// their own) and stops the parse at the first key given twice in one object.
+class DuplicateKeyCheck {
+ public:
+  struct Found {
+    std::string reason;
+  };
+
+  void reset() { open_ = 0; }  // before each record (a parse stopped by Found leaves objects open)
+
+  bool operator()(int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      if (open_ == frames_.size()) frames_.emplace_back();
+      Frame& frame = frames_[open_++];
+      frame.keys.clear();
+      frame.last_key.clear();
+    } else if (event == json::parse_event_t::object_end) {
+      if (open_ > 0) --open_;
+    } else if (event == json::parse_event_t::key && open_ > 0) {
+      Frame& frame = frames_[open_ - 1];
+      const auto& key = parsed.get_ref<const std::string&>();
+      if (!frame.keys.insert(key).second) throw Found{reason(key)};
+      frame.last_key = key;
+    }
+    return true;
+  }
+
+ private:
+  struct Frame {
+    std::unordered_set<std::string> keys;
+    std::string last_key;  // the key whose value is being read: names a nested object in messages
+  };
+
+  std::string reason(const std::string& key) const {
+    std::string text = "duplicate key " + json(key).dump();
+    if (open_ == 1) return text + " (a key may appear once in a record; which of its values is meant is unknown)";
+    std::string path;
+    for (std::size_t i = 0; i + 1 < open_; ++i) path += (i > 0 ? "." : "") + frames_[i].last_key;
+    return text + " in an object inside " + json(path).dump() + " (a key may appear once in an object)";
+  }
+
+  std::vector<Frame> frames_;  // the open objects first; the vector keeps closed ones' sets for reuse
+  std::size_t open_ = 0;
+};
+
 class Reader {
  public:
   explicit Reader(const DatasetSettings& settings) : settings_(settings), path_(settings.path) {}
@@ -218,6 +266,10 @@ class Reader {
   void load_file() {
     std::error_code error;
     if (!std::filesystem::exists(path_, error)) {
+      // A path whose links go round in a circle exists as far as the user can see: say what is wrong with it.
+      if (error == std::errc::too_many_symbolic_link_levels)
+        throw InputError(path_ + ": a symlink loop (too many levels of symbolic links) where the data file was "
+                                 "expected");
       std::string message = path_ + ": the data file does not exist";
       if (std::filesystem::path(path_).is_relative()) {
         const auto cwd = std::filesystem::current_path(error);
@@ -426,7 +478,14 @@ class Reader {
       return;
     }
     try {
-      item.object = json::parse(raw.text.data(), raw.text.data() + raw.text.size());
+      duplicates_.reset();
+      item.object = json::parse(raw.text.data(), raw.text.data() + raw.text.size(),
+                                [this](int depth, json::parse_event_t event, json& parsed) {
+                                  return duplicates_(depth, event, parsed);
+                                });
+    } catch (const DuplicateKeyCheck::Found& e) {
+      item.reason = e.reason;
+      return;
     } catch (const json::parse_error& e) {
       item.reason = json_reason(raw, e);
       return;
@@ -565,6 +624,7 @@ class Reader {
   bool closed_ = false;
   Dataset dataset_;
   std::unordered_map<std::string, std::size_t> id_numbers_;  // id -> record number
+  mutable DuplicateKeyCheck duplicates_;  // kept across records: its key sets are reused, not reallocated
 };
 
 }  // namespace

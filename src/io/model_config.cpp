@@ -19,6 +19,12 @@ namespace {
 using nlohmann::json;
 using io_detail::json_type_name;
 
+// Bounds on config.json's sizes: 2^24 elements per row or column and 2^16 layers, heads or head dimensions are
+// hundreds of times what the largest models have, and keep every product of sizes well inside 64 bits.
+constexpr std::int64_t kMaxWidth = std::int64_t{1} << 24;
+constexpr std::int64_t kMaxCount = std::int64_t{1} << 16;
+constexpr const char* kBeyondAnyModel = "far beyond any real model";
+
 // Typed access to the keys of one JSON object; every error names the source and the key. A key whose value
 // is null counts as absent (config.json writes null for unset optional values, e.g. "head_dim": null).
 class Keys {
@@ -108,6 +114,14 @@ class Keys {
     return value;
   }
 
+  // Positive and at most `max`: `why` says where the bound comes from.
+  std::int64_t bounded(const std::string& key, std::int64_t value, std::int64_t max, const char* why) const {
+    positive(key, value);
+    if (value > max) fail_key(key, "must be at most " + std::to_string(max) + " (" + why + "), found " +
+                                       std::to_string(value));
+    return value;
+  }
+
   double positive(const std::string& key, double value) const {
     if (!(value > 0.0) || !std::isfinite(value)) {
       fail_key(key, "must be a positive finite number, found " + json(value).dump());
@@ -155,6 +169,21 @@ std::string read_text(const std::filesystem::path& path) {
   text << in.rdbuf();
   if (in.bad()) throw InputError(path.string() + ": cannot read");
   return text.str();
+}
+
+// stat() fails with ELOOP when the symbolic links on the way to `path` go round in a circle; exists() then says
+// false, and "not found" would send the user looking for a file that seems to be there. Names the model
+// directory when the loop is the directory itself, else the file.
+void refuse_symlink_loop(const std::filesystem::path& model_dir, const std::filesystem::path& path,
+                         const std::error_code& ec, const char* expected) {
+  if (ec != std::errc::too_many_symbolic_link_levels) return;
+  std::error_code dir_ec;
+  (void)std::filesystem::status(model_dir, dir_ec);
+  if (dir_ec == std::errc::too_many_symbolic_link_levels)
+    throw InputError(model_dir.string() + ": a symlink loop (too many levels of symbolic links) where the model "
+                                          "directory was expected");
+  throw InputError(path.string() + ": a symlink loop (too many levels of symbolic links) where " + expected +
+                   " was expected");
 }
 
 json parse_object(const std::string& text, const std::string& source) {
@@ -292,19 +321,27 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   config.model_type = *model_type;
   const bool qwen2 = config.model_type == "qwen2";
 
+  // Sizes are bounded far above any real model so that the products of them that shape the tensors (heads x
+  // head_dim, rows x columns, in elements and in bytes) cannot overflow 64 bits. vocab_size is compared with the
+  // embedding's rows before it is bounded (load_model_weights): a vocab_size the weights do not have is a config
+  // at fault, and that is the more useful thing to say.
   config.vocab_size = keys.positive("vocab_size", keys.req_int("vocab_size"));
-  config.hidden_size = keys.positive("hidden_size", keys.req_int("hidden_size"));
-  config.intermediate_size = keys.positive("intermediate_size", keys.req_int("intermediate_size"));
-  config.num_hidden_layers = keys.positive("num_hidden_layers", keys.req_int("num_hidden_layers"));
-  config.num_attention_heads = keys.positive("num_attention_heads", keys.req_int("num_attention_heads"));
+  config.hidden_size = keys.bounded("hidden_size", keys.req_int("hidden_size"), kMaxWidth, kBeyondAnyModel);
+  config.intermediate_size =
+      keys.bounded("intermediate_size", keys.req_int("intermediate_size"), kMaxWidth, kBeyondAnyModel);
+  config.num_hidden_layers =
+      keys.bounded("num_hidden_layers", keys.req_int("num_hidden_layers"), kMaxCount, kBeyondAnyModel);
+  config.num_attention_heads =
+      keys.bounded("num_attention_heads", keys.req_int("num_attention_heads"), kMaxCount, kBeyondAnyModel);
   config.num_key_value_heads =
-      keys.positive("num_key_value_heads", keys.opt_int("num_key_value_heads").value_or(config.num_attention_heads));
+      keys.bounded("num_key_value_heads", keys.opt_int("num_key_value_heads").value_or(config.num_attention_heads),
+                   kMaxCount, kBeyondAnyModel);
   if (config.num_attention_heads % config.num_key_value_heads != 0) {
     keys.fail("num_attention_heads (" + std::to_string(config.num_attention_heads) +
               ") must be a multiple of num_key_value_heads (" + std::to_string(config.num_key_value_heads) + ")");
   }
   if (const auto head_dim = keys.opt_int("head_dim")) {
-    config.head_dim = keys.positive("head_dim", *head_dim);
+    config.head_dim = keys.bounded("head_dim", *head_dim, kMaxCount, kBeyondAnyModel);
   } else {
     if (config.hidden_size % config.num_attention_heads != 0) {
       keys.fail("head_dim is absent and hidden_size (" + std::to_string(config.hidden_size) +
@@ -321,7 +358,9 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   read_rope(keys, config);
   // Required rather than defaulted: transformers' own defaults differ between the architectures (2048 for
   // llama, 32768 for qwen2) and every real config.json states it, so a missing value is not guessed.
-  config.max_position_embeddings = keys.positive("max_position_embeddings", keys.req_int("max_position_embeddings"));
+  config.max_position_embeddings =
+      keys.bounded("max_position_embeddings", keys.req_int("max_position_embeddings"),
+                   std::numeric_limits<std::int32_t>::max(), "positions are 32-bit");
   config.tie_word_embeddings = keys.opt_bool("tie_word_embeddings").value_or(false);
 
   // Qwen2 always has q/k/v biases (its config has no flag for them); llama has the attention_bias flag.
@@ -360,6 +399,7 @@ ModelConfig load_model_config(const std::filesystem::path& model_dir) {
   const auto path = model_dir / "config.json";
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
+    refuse_symlink_loop(model_dir, path, ec, "config.json");
     throw InputError(path.string() + ": not found (a Hugging Face model directory holds a config.json)");
   }
   return parse_model_config(read_text(path), path.string());
@@ -368,7 +408,10 @@ ModelConfig load_model_config(const std::filesystem::path& model_dir) {
 GenerationDefaults load_generation_defaults(const std::filesystem::path& model_dir) {
   const auto path = model_dir / "generation_config.json";
   std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return {};
+  if (!std::filesystem::exists(path, ec)) {
+    refuse_symlink_loop(model_dir, path, ec, "generation_config.json");  // optional, but not unreachable
+    return {};
+  }
   const json root = parse_object(read_text(path), path.string());
   const Keys keys(root, path.string());
   GenerationDefaults defaults;

@@ -167,7 +167,13 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesyst
   file->path_ = path;
 
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  if (fd < 0) {
+    const int err = errno;
+    // strerror's "Too many levels of symbolic links" does not say that the links go round in a circle.
+    if (err == ELOOP)
+      fail(path, "a symlink loop (too many levels of symbolic links) where a safetensors file was expected");
+    fail(path, std::string("cannot open: ") + std::strerror(err));
+  }
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const int err = errno;

@@ -35,6 +35,13 @@ json read_index(const std::filesystem::path& index_path) {
   }
 }
 
+// stat() fails with ELOOP when the symbolic links on the way to `path` go round in a circle; exists() then says
+// false, and "does not exist" would send the user looking for a file that seems to be there.
+void refuse_symlink_loop(const std::filesystem::path& path, const std::error_code& ec, const std::string& expected) {
+  if (ec == std::errc::too_many_symbolic_link_levels)
+    fail(path, "a symlink loop (too many levels of symbolic links) where " + expected + " was expected");
+}
+
 // A shard must be a plain relative path inside the model directory.
 bool is_safe_shard_name(const std::string& shard) {
   if (shard.empty()) return false;
@@ -53,6 +60,7 @@ WeightStore WeightStore::open(const std::filesystem::path& model_dir) {
   store.model_dir_ = model_dir;
   std::error_code ec;
   if (!std::filesystem::is_directory(model_dir, ec)) {
+    refuse_symlink_loop(model_dir, ec, "the model directory");
     fail(model_dir, std::filesystem::exists(model_dir, ec) ? "not a directory" : "model directory does not exist");
   }
 
@@ -62,9 +70,11 @@ WeightStore WeightStore::open(const std::filesystem::path& model_dir) {
     for (const auto& info : file->tensors()) store.owner_.emplace(info.name, file);
     return store;
   }
+  refuse_symlink_loop(single_path, ec, kSingleFile);
 
   const auto index_path = model_dir / kIndexFile;
   if (!std::filesystem::exists(index_path, ec)) {
+    refuse_symlink_loop(index_path, ec, kIndexFile);
     fail(model_dir, std::string("no weights: the directory has neither ") + kSingleFile + " nor " + kIndexFile);
   }
   const json index = read_index(index_path);
@@ -90,6 +100,7 @@ WeightStore WeightStore::open(const std::filesystem::path& model_dir) {
       }
       const auto shard_path = model_dir / shard;
       if (!std::filesystem::exists(shard_path, ec)) {
+        refuse_symlink_loop(shard_path, ec, "a shard of the weights");
         fail(index_path, "names shard \"" + shard + "\" (for tensor \"" + tensor + "\"), but " +
                              shard_path.string() + " does not exist");
       }
@@ -133,8 +144,7 @@ std::vector<std::string> WeightStore::names() const {
   return result;
 }
 
-void WeightStore::read_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape,
-                           float* out) const {
+void WeightStore::check_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape) const {
   const TensorInfo& tensor = info(name);
   const auto& file = *owner_.find(name)->second;
   if (tensor.shape != expected_shape) {
@@ -145,6 +155,13 @@ void WeightStore::read_f32(const std::string& name, const std::vector<std::int64
     fail(file.path(), "tensor \"" + name + "\" has dtype " + std::string(dtype_name(tensor.dtype)) +
                           ", expected a floating-point type (F32, F16 or BF16)");
   }
+}
+
+void WeightStore::read_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape,
+                           float* out) const {
+  check_f32(name, expected_shape);
+  const TensorInfo& tensor = info(name);
+  const auto& file = *owner_.find(name)->second;
   const auto bytes = file.bytes(tensor);
   convert_to_f32(tensor.dtype, bytes.data(), static_cast<std::size_t>(tensor.numel()), out);
 }

@@ -28,6 +28,13 @@ std::string quoted(const std::string& text) {
       out += "\\n";
     } else if (c == '\t') {
       out += "\\t";
+    } else if (c == '\0') {
+      out += "\\0";  // as YAML writes it: a raw NUL would end the message for whatever prints it
+    } else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      static const char* const digits = "0123456789abcdef";
+      out += "\\x";
+      out += digits[static_cast<unsigned char>(c) >> 4];
+      out += digits[static_cast<unsigned char>(c) & 0xF];
     } else {
       out += c;
     }
@@ -124,6 +131,12 @@ std::optional<double> parse_float(const std::string& text) {
   return value;
 }
 
+// YAML's "\0" escape puts a NUL into a string, but no path, name or text here can hold one: paths and C strings
+// end at it, so "a\0b" would quietly become "a". Refused instead.
+std::string nul_in(const std::string& text) {
+  return "must not contain a NUL character (\\0), got " + shown(text);
+}
+
 // Converts a node to the key's type, or returns why it cannot.
 std::variant<Value, std::string> convert(Kind kind, const YAML::Node& node) {
   const auto wrong = [&](const std::string& expected) -> std::variant<Value, std::string> {
@@ -132,6 +145,7 @@ std::variant<Value, std::string> convert(Kind kind, const YAML::Node& node) {
   switch (kind) {
     case Kind::String:
       if (!node.IsScalar()) return wrong("a string");
+      if (node.Scalar().find('\0') != std::string::npos) return nul_in(node.Scalar());
       return Value(node.Scalar());
     case Kind::OptionalInt:
       if (node.IsNull()) return Value(std::monostate{});
@@ -166,6 +180,8 @@ std::variant<Value, std::string> convert(Kind kind, const YAML::Node& node) {
         const YAML::Node item = node[i];
         if (!item.IsScalar())
           return "must be a list of strings, but item " + std::to_string(i + 1) + " is " + describe(item);
+        if (item.Scalar().find('\0') != std::string::npos)
+          return "item " + std::to_string(i + 1) + ": " + nul_in(item.Scalar());
         items.push_back(item.Scalar());
       }
       return Value(std::move(items));
@@ -562,9 +578,14 @@ std::string reference_table(const Schema& schema) {
 
 std::string read_config_file(const std::filesystem::path& path) {
   std::error_code error;
-  if (!std::filesystem::is_regular_file(path, error))
+  if (!std::filesystem::is_regular_file(path, error)) {
+    // A symlink loop cannot be resolved, so it "does not exist" to exists(): name what it is instead.
+    const bool loop = error == std::errc::too_many_symbolic_link_levels;
     throw InputError(path.string() + ": cannot read the configuration file (" +
-                     (std::filesystem::exists(path, error) ? "not a regular file" : "no such file") + ")");
+                     (loop ? "a symlink loop: too many levels of symbolic links"
+                           : std::filesystem::exists(path, error) ? "not a regular file" : "no such file") +
+                     ")");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(path.string() + ": cannot open the configuration file");
   std::ostringstream text;

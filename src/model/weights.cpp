@@ -1,21 +1,33 @@
 #include "model/weights.hpp"
 
+#include <cstdint>
+#include <limits>
 #include <set>
 #include <string>
 
+#include "io/io_util.hpp"
 #include "slearn/error.hpp"
 
 namespace slearn {
 namespace {
 
+// Two passes over the same list of tensors: the first (checking) only compares every tensor's presence, dtype
+// and shape with what config.json implies; the second allocates and reads. So a config.json whose sizes
+// disagree with the weights (vocab_size: 1099511627776, say) is an InputError naming both, before a single
+// buffer of the sizes it claims is allocated, and not "out of memory" after the first few tensors are loaded.
 class Loader {
  public:
-  Loader(const WeightStore& store, Backend& backend) : store_(store), backend_(backend) {}
+  Loader(const WeightStore& store, Backend& backend, bool checking)
+      : store_(store), backend_(backend), checking_(checking) {}
 
   Tensor load(const std::string& name, std::vector<std::int64_t> shape) {
+    used_.insert(name);
+    if (checking_) {
+      store_.check_f32(name, shape);
+      return Tensor();
+    }
     Tensor host = Tensor::host_f32(shape, name);
     store_.read_f32(name, shape, host.f32());
-    used_.insert(name);
     parameters_ += static_cast<std::size_t>(host.numel());
     return backend_.upload(std::move(host));
   }
@@ -23,6 +35,20 @@ class Loader {
   std::optional<Tensor> load_if(bool wanted, const std::string& name, std::vector<std::int64_t> shape) {
     if (!wanted) return std::nullopt;
     return load(name, std::move(shape));
+  }
+
+  // The token embedding and the output head have one row per token id. Their row count is compared with
+  // vocab_size first, and said in its own words: a vocab_size the weights do not have is a config.json at fault
+  // (or a checkpoint that is not its model's), not a tensor.
+  void check_vocab_rows(const std::string& name, const ModelConfig& config) const {
+    if (!checking_ || !store_.contains(name)) return;  // a missing tensor is reported by load()
+    const TensorInfo& info = store_.info(name);
+    if (info.shape.size() != 2 || info.shape[1] != config.hidden_size || info.shape[0] == config.vocab_size) return;
+    throw InputError((store_.model_dir() / "config.json").string() + ": vocab_size is " +
+                     std::to_string(config.vocab_size) + ", but tensor \"" + name + "\" in " +
+                     store_.file_of(name).string() + " has " + std::to_string(info.shape[0]) +
+                     " rows (one per token id; shape " + io_detail::shape_to_string(info.shape) +
+                     "): config.json and the weights disagree");
   }
 
   // Everything in the checkpoint must have been consumed, except buffers that older exports carry.
@@ -41,15 +67,14 @@ class Loader {
  private:
   const WeightStore& store_;
   Backend& backend_;
+  bool checking_;
   std::set<std::string> used_;
   std::size_t parameters_ = 0;
 };
 
-}  // namespace
-
-ModelWeights load_model_weights(const WeightStore& store, const ModelConfig& config, Backend& backend) {
-  Loader loader(store, backend);
+ModelWeights load_with(Loader& loader, const ModelConfig& config) {
   const std::int64_t hidden = config.hidden_size;
+  // parse_model_config bounds the sizes, so these products cannot overflow.
   const std::int64_t q_size = config.num_attention_heads * config.head_dim;
   const std::int64_t kv_size = config.num_key_value_heads * config.head_dim;
   const std::int64_t inter = config.intermediate_size;
@@ -58,6 +83,8 @@ ModelWeights load_model_weights(const WeightStore& store, const ModelConfig& con
   const bool o_bias = config.model_type == "llama" && config.attention_bias;
 
   ModelWeights w;
+  loader.check_vocab_rows("model.embed_tokens.weight", config);
+  if (!config.tie_word_embeddings) loader.check_vocab_rows("lm_head.weight", config);
   w.embed_tokens = loader.load("model.embed_tokens.weight", {config.vocab_size, hidden});
   for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -82,6 +109,21 @@ ModelWeights load_model_weights(const WeightStore& store, const ModelConfig& con
   loader.refuse_unused(config.tie_word_embeddings);
   w.parameter_count = loader.parameters();
   return w;
+}
+
+}  // namespace
+
+ModelWeights load_model_weights(const WeightStore& store, const ModelConfig& config, Backend& backend) {
+  Loader checker(store, backend, true);
+  load_with(checker, config);
+  // Token ids are 32-bit. Checked once the embedding is known to have vocab_size rows, so that a vocab_size the
+  // weights do not have is reported as that, the likelier fault.
+  if (config.vocab_size > std::numeric_limits<TokenId>::max())
+    throw InputError((store.model_dir() / "config.json").string() + ": vocab_size " +
+                     std::to_string(config.vocab_size) + " is more than 32-bit token ids can number (at most " +
+                     std::to_string(std::numeric_limits<TokenId>::max()) + ")");
+  Loader loader(store, backend, false);
+  return load_with(loader, config);
 }
 
 }  // namespace slearn

@@ -204,9 +204,14 @@ void BpeModel::load(const json& model, const JsonFile& file, bool byte_level) {
   const std::string unk = optional_string(file, model, "unk_token", "model.unk_token", "");
   unk_ = unk.empty() ? -1 : lookup(unk, "model.unk_token");
 
+  // Required, as Hugging Face's tokenizers requires it ("Missing vocab/merges"): a BPE model without its merge
+  // rules would split every word into single characters, so a file that lost them is refused rather than
+  // encoding text nothing like the model's training data. An empty list is a valid (merge-free) model.
   const json* merges = find_member(model, "merges");
-  if (merges && !merges->is_null() && !merges->is_array()) fail(file, "model.merges must be an array");
-  const std::size_t n_merges = merges && merges->is_array() ? merges->size() : 0;
+  if (!merges)
+    fail(file, "model.merges is missing: a BPE model needs its merge rules (an empty list [] if it has none)");
+  if (!merges->is_array()) fail(file, "model.merges must be an array, got " + std::string(merges->type_name()));
+  const std::size_t n_merges = merges->size();
   merges_ = std::make_unique<PairTable>(n_merges);
   for (std::size_t r = 0; r < n_merges; ++r) {
     const json& m = (*merges)[r];

@@ -13,6 +13,7 @@
 //    byte, which a stream cannot know in advance; the stream replaces each invalid sequence instead.
 #include <algorithm>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "slearn/error.hpp"
@@ -29,6 +30,21 @@ std::string read_file(const std::filesystem::path& path) {
   buffer << in.rdbuf();
   if (in.bad()) throw InputError(path.string() + ": cannot read the file");
   return buffer.str();
+}
+
+// A path that stat() cannot resolve because its symbolic links go round in a circle (ELOOP) is reported as
+// such, naming the directory when the loop is the directory itself: "no such file" would send the user looking
+// for a file that seems to be there.
+void refuse_symlink_loop(const std::filesystem::path& dir, const std::filesystem::path& path,
+                         const std::error_code& error, const char* expected) {
+  if (error != std::errc::too_many_symbolic_link_levels) return;
+  std::error_code dir_error;
+  (void)std::filesystem::status(dir, dir_error);
+  if (dir_error == std::errc::too_many_symbolic_link_levels)
+    throw InputError(dir.string() + ": a symlink loop (too many levels of symbolic links) where a directory was "
+                                    "expected");
+  throw InputError(path.string() + ": a symlink loop (too many levels of symbolic links) where " + expected +
+                   " was expected");
 }
 
 // Feeds pre-tokens to the BPE model.
@@ -54,10 +70,18 @@ Tokenizer::~Tokenizer() = default;
 Tokenizer Tokenizer::from_dir(const std::filesystem::path& dir) {
   const std::filesystem::path tokenizer_path = dir / "tokenizer.json";
   const std::filesystem::path config_path = dir / "tokenizer_config.json";
-  if (!std::filesystem::is_regular_file(tokenizer_path))
+  // With an error_code: without one, a path that cannot be resolved (a symlink loop) throws filesystem_error,
+  // which is no InputError and would not name the file the way the user knows it.
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(tokenizer_path, error)) {
+    refuse_symlink_loop(dir, tokenizer_path, error, "tokenizer.json");
     throw InputError(tokenizer_path.string() + ": no such file (a Hugging Face tokenizer.json is needed)");
+  }
   const std::string tokenizer_json = read_file(tokenizer_path);
-  const std::string config_json = std::filesystem::is_regular_file(config_path) ? read_file(config_path) : "";
+  // tokenizer_config.json is optional, but one that cannot be reached is not the same as none.
+  const bool has_config = std::filesystem::is_regular_file(config_path, error);
+  if (!has_config) refuse_symlink_loop(dir, config_path, error, "tokenizer_config.json");
+  const std::string config_json = has_config ? read_file(config_path) : "";
   return from_json(tokenizer_json, config_json, dir.string());
 }
 
@@ -201,6 +225,45 @@ bool Tokenizer::is_special(TokenId id) const {
 std::size_t Tokenizer::vocab_size() const { return impl_->tokens.size(); }
 std::optional<TokenId> Tokenizer::bos_id() const { return impl_->bos; }
 std::optional<TokenId> Tokenizer::eos_id() const { return impl_->eos; }
+
+void check_tokenizer_fits_vocab(const Tokenizer& tokenizer, std::int64_t vocab_size,
+                                const std::filesystem::path& tokenizer_json) {
+  const Tokenizer::Impl& impl = *tokenizer.impl_;
+  // The id table spans the vocabulary and the added tokens; the post-processor's ids may lie beyond it.
+  struct Offender {
+    TokenId id = -1;
+    std::string text;
+    const char* kind = "";
+  };
+  Offender worst;
+  std::int64_t count = 0;
+  for (std::size_t id = impl.tokens.size(); id-- > 0 && static_cast<std::int64_t>(id) >= vocab_size;) {
+    if (!(impl.flags[id] & Tokenizer::Impl::kHasToken)) continue;
+    ++count;
+    if (worst.id < 0) worst = {static_cast<TokenId>(id), impl.tokens[id], "token"};
+  }
+  if (worst.id >= 0) {
+    // Added tokens show their content as written in the file (the table may hold it normalized).
+    for (const tok::AddedToken& t : impl.added)
+      if (t.id == worst.id) worst = {t.id, t.content, "added token"};
+  }
+  std::set<TokenId> beyond_table;  // post-processor ids that no token of the table has
+  for (const auto& pieces : impl.templates)
+    for (const Tokenizer::Impl::TemplatePiece& piece : pieces)
+      for (const TokenId id : piece.ids) {
+        if (id < vocab_size) continue;
+        const auto index = static_cast<std::size_t>(id);
+        if (index >= impl.tokens.size() || !(impl.flags[index] & Tokenizer::Impl::kHasToken)) beyond_table.insert(id);
+        if (id > worst.id) worst = {id, piece.name, "post_processor special token"};
+      }
+  count += static_cast<std::int64_t>(beyond_table.size());
+  if (worst.id < 0) return;
+  throw InputError(tokenizer_json.string() + ": " + worst.kind + " " + tok::json_quote(worst.text) + " has id " +
+                   std::to_string(worst.id) + ", but the model's vocab_size (config.json) is " +
+                   std::to_string(vocab_size) + ": the model has no embedding for it (" + std::to_string(count) +
+                   (count == 1 ? " token id is" : " token ids are") + " >= " + std::to_string(vocab_size) +
+                   "); the tokenizer does not belong to this model");
+}
 
 // ---- streamed decoding ----
 //

@@ -41,6 +41,7 @@ struct Tokenizer::Impl {
   struct TemplatePiece {
     bool sequence = false;
     std::vector<TokenId> ids;
+    std::string name;  // the special token's name in tokenizer.json, for messages
   };
   std::vector<std::vector<TemplatePiece>> templates;
   bool add_bos = false, add_eos = false;

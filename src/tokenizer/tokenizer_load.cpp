@@ -93,7 +93,7 @@ void Tokenizer::Impl::load_post_processor(const json& spec, const JsonFile& file
     for (std::size_t i = 0; i < single.size(); ++i) {
       const std::string where = path + ".single[" + std::to_string(i) + "]";
       if (find_member(single[i], "Sequence")) {
-        pieces.push_back({true, {}});
+        pieces.push_back({true, {}, {}});
       } else if (const json* special = find_member(single[i], "SpecialToken")) {
         const std::string name = tok::require_string(file, *special, "id", where + ".SpecialToken.id");
         const json* entry = specials ? find_member(*specials, name) : nullptr;
@@ -101,6 +101,7 @@ void Tokenizer::Impl::load_post_processor(const json& spec, const JsonFile& file
         const json& ids = tok::require_member(file, *entry, "ids", path + ".special_tokens[" + json_quote(name) + "].ids");
         if (!ids.is_array()) fail(file, path + ".special_tokens[" + json_quote(name) + "].ids must be an array");
         TemplatePiece piece;
+        piece.name = name;
         for (const json& id : ids) piece.ids.push_back(read_id(file, id, path + ".special_tokens[" + json_quote(name) + "].ids"));
         pieces.push_back(std::move(piece));
       } else {
@@ -109,13 +110,13 @@ void Tokenizer::Impl::load_post_processor(const json& spec, const JsonFile& file
     }
     templates.push_back(std::move(pieces));
   } else if (type == "RobertaProcessing" || type == "BertProcessing") {
-    auto token_id = [&](const char* key) {
+    auto token = [&](const char* key) {
       const json& pair = tok::require_member(file, spec, key, path + "." + key);
       if (!pair.is_array() || pair.size() != 2) fail(file, path + "." + key + " must be [token, id]");
-      return read_id(file, pair[1], path + "." + key + "[1]");
+      return TemplatePiece{false, {read_id(file, pair[1], path + "." + key + "[1]")},
+                           pair[0].is_string() ? pair[0].get<std::string>() : std::string(key)};
     };
-    templates.push_back({TemplatePiece{false, {token_id("cls")}}, TemplatePiece{true, {}},
-                         TemplatePiece{false, {token_id("sep")}}});
+    templates.push_back({token("cls"), TemplatePiece{true, {}, {}}, token("sep")});
   } else {
     fail(file, path + ".type " + json_quote(type) +
                    " is not supported (supported: TemplateProcessing, ByteLevel, RobertaProcessing, BertProcessing, "

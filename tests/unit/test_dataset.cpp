@@ -424,6 +424,43 @@ TEST_F(DatasetReader, ArrayElements) {
   }
 }
 
+// nlohmann keeps the last of two equal keys without a word; the reader refuses the record instead, naming the key
+// (and, for a nested object, the key it is under), in JSONL and in JSON arrays, under error and skip.
+TEST_F(DatasetReader, DuplicateKeysInARecord) {
+  const std::string twice = "{\"question\":\"a\",\"question\":\"b\",\"answer\":\"c\"}\n";
+  EXPECT_EQ(error(kOk + twice), ":2: duplicate key \"question\" (a key may appear once in a record; which of its "
+                                "values is meant is unknown)");
+  EXPECT_EQ(error("[\n" + kOk + ",\n" + twice + "]\n", "auto", "a.json"),
+            ":4: array element 2: duplicate key \"question\" (a key may appear once in a record; which of its values "
+            "is meant is unknown)");
+  const std::vector<BadRecord> bad = skipped(twice + kOk);
+  ASSERT_EQ(bad.size(), 1u);
+  EXPECT_EQ(bad[0].line, 1u);
+  EXPECT_EQ(bad[0].reason.rfind("duplicate key \"question\"", 0), 0u) << bad[0].reason;
+  // Nested objects: a turn of a conversation with two "value"s; a key repeated in two different objects is fine.
+  const std::string turns =
+      "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, "
+      "{\"from\": \"gpt\", \"value\": \"a\", \"value\": \"b\"}]}\n";
+  EXPECT_EQ(error(turns), ":1: duplicate key \"value\" in an object inside \"conversations\" (a key may appear once "
+                          "in an object)");
+  const std::string fine =
+      "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}], "
+      "\"meta\": {\"from\": 1, \"x\": {\"from\": 2}}, \"from\": 3}\n";
+  EXPECT_EQ(load_dataset(write(fine)).records.size(), 1u);
+  // Keys that differ only in escapes are the same key.
+  EXPECT_EQ(error("{\"question\":\"a\",\"answer\":\"c\",\"q\\u0075estion\":\"b\"}\n").rfind(
+                ":1: duplicate key \"question\"", 0),
+            0u);
+}
+
+// A symlink loop where the data file should be is said to be that, not "does not exist".
+TEST_F(DatasetReader, SymlinkLoop) {
+  fs::create_symlink(dir_ / "data.jsonl", dir_ / "data.jsonl");
+  const DatasetSettings settings = settings_for(dir_ / "data.jsonl");
+  EXPECT_EQ(error_of(settings), settings.path + ": a symlink loop (too many levels of symbolic links) where the data "
+                                                "file was expected");
+}
+
 TEST_F(DatasetReader, Gb18030File) {
   const fs::path path = fixture("gb18030.jsonl");
   const std::string message = error_of(settings_for(path));

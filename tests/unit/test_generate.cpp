@@ -1,6 +1,7 @@
 // Generation behaviour: sampling determinism, stopping, the long-prompt policy, and the sampler itself.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <map>
 
 #include "slearn/backend.hpp"
@@ -107,6 +108,14 @@ TEST(Sampler, RejectsBadOptions) {
   std::vector<float> logits{1.0f, 2.0f};
   EXPECT_THROW(slearn::sample_token(logits, {-1.0, 0, 1.0, 0}, rng), slearn::InputError);
   EXPECT_THROW(slearn::sample_token(logits, {1.0, 0, 0.0, 0}, rng), slearn::InputError);
+  // NaN passes every "<" and ">" test, and an infinite temperature samples uniformly: both refused.
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  EXPECT_THROW(slearn::sample_token(logits, {nan, 0, 1.0, 0}, rng), slearn::InputError);
+  EXPECT_THROW(slearn::sample_token(logits, {inf, 0, 1.0, 0}, rng), slearn::InputError);
+  EXPECT_THROW(slearn::sample_token(logits, {1.0, 0, nan, 0}, rng), slearn::InputError);
+  EXPECT_THROW(slearn::sample_token(logits, {1.0, 0, inf, 0}, rng), slearn::InputError);
+  EXPECT_THROW(slearn::sample_token(logits, {1.0, 0, -inf, 0}, rng), slearn::InputError);
+  EXPECT_NO_THROW(slearn::sample_token(logits, {1e300, 0, 1.0, 0}, rng));
 }
 
 }  // namespace

@@ -7,12 +7,16 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "slearn/backend.hpp"
 #include "slearn/error.hpp"
+#include "slearn/model.hpp"
 #include "slearn/model_config.hpp"
+#include "test_paths.hpp"
 
 namespace {
 
@@ -428,6 +432,102 @@ TEST(ModelConfig, LoadFromDirectory) {
   message = input_error([&] { load_model_config(dir.path()); });
   EXPECT_CONTAINS(message, (dir.path() / "config.json").string());
   EXPECT_CONTAINS(message, "\"gemma\"");
+}
+
+// Sizes far beyond any model are refused while parsing, so that no product of them can overflow 64 bits.
+TEST(ModelConfig, SizesAreBounded) {
+  EXPECT_EQ(parse_error(with(kQwen2Config, "hidden_size", "1099511627776")),
+            "config.json: key \"hidden_size\" must be at most 16777216 (far beyond any real model), found "
+            "1099511627776");
+  EXPECT_CONTAINS(parse_error(with(kQwen2Config, "intermediate_size", "16777217")),
+                  "\"intermediate_size\" must be at most");
+  EXPECT_CONTAINS(parse_error(with(kQwen2Config, "num_hidden_layers", "65537")),
+                  "\"num_hidden_layers\" must be at most");
+  EXPECT_CONTAINS(parse_error(with(kQwen2Config, "num_attention_heads", "4294967296")),
+                  "\"num_attention_heads\" must be at most 65536");
+  EXPECT_CONTAINS(parse_error(with(kQwen2Config, "num_key_value_heads", "131072")),
+                  "\"num_key_value_heads\" must be at most");
+  EXPECT_CONTAINS(parse_error(with(kQwen2Config, "head_dim", "9223372036854775806")), "\"head_dim\" must be at most");
+  EXPECT_EQ(parse_error(with(kQwen2Config, "max_position_embeddings", "4294967296")),
+            "config.json: key \"max_position_embeddings\" must be at most 2147483647 (positions are 32-bit), found "
+            "4294967296");
+  // vocab_size is compared with the weights first (ConfigAgainstWeights.VocabSizeAgainstTheEmbedding).
+  EXPECT_EQ(parse(with(kQwen2Config, "vocab_size", "1099511627776")).vocab_size, 1099511627776);
+}
+
+// A symlink loop where config.json, generation_config.json or the model directory should be: said as such, not
+// "not found" (stat fails with ELOOP and exists() says false).
+TEST(ModelConfig, SymlinkLoopIsNamed) {
+  TempDir dir;
+  fs::create_symlink(dir.path() / "config.json", dir.path() / "config.json");
+  EXPECT_EQ(input_error([&] { load_model_config(dir.path()); }),
+            (dir.path() / "config.json").string() +
+                ": a symlink loop (too many levels of symbolic links) where config.json was expected");
+  fs::create_symlink(dir.path() / "generation_config.json", dir.path() / "generation_config.json");
+  EXPECT_EQ(input_error([&] { load_generation_defaults(dir.path()); }),
+            (dir.path() / "generation_config.json").string() +
+                ": a symlink loop (too many levels of symbolic links) where generation_config.json was expected");
+  fs::create_symlink(dir.path() / "model", dir.path() / "model");
+  EXPECT_EQ(input_error([&] { load_model_config(dir.path() / "model"); }),
+            (dir.path() / "model").string() +
+                ": a symlink loop (too many levels of symbolic links) where the model directory was expected");
+}
+
+// ---- config.json against the weights -----------------------------------------------------------------------
+
+// A copy of the tiny fixture model whose config.json is edited by `edit`.
+class ConfigAgainstWeights : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fs::copy(slearn::testing::fixtures_dir() / "models" / "qwen2-gqa-tied", dir_.path(), fs::copy_options::recursive);
+  }
+  void edit_config(const std::string& key, const std::string& value) {
+    const fs::path path = dir_.path() / "config.json";
+    std::ifstream in(path);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    in.close();
+    dir_.write("config.json", with(text, key, value));
+  }
+  std::string load_error() {
+    auto backend = make_cpu_backend();
+    return input_error([&] { Model::load(dir_.path(), *backend); });
+  }
+  TempDir dir_;
+};
+
+// vocab_size 2^40 used to allocate the embedding it implies (4 TiB) and fail with "out of memory" (exit 1);
+// the disagreement with the embedding's rows is said before anything is allocated.
+TEST_F(ConfigAgainstWeights, VocabSizeAgainstTheEmbedding) {
+  const std::string dir = dir_.path().string();
+  edit_config("vocab_size", "1099511627776");
+  EXPECT_EQ(load_error(), dir + "/config.json: vocab_size is 1099511627776, but tensor \"model.embed_tokens.weight\" "
+                                "in " + dir + "/model.safetensors has 480 rows (one per token id; shape [480, 64]): "
+                                "config.json and the weights disagree");
+  edit_config("vocab_size", "479");
+  EXPECT_CONTAINS(load_error(), "vocab_size is 479, but tensor \"model.embed_tokens.weight\"");
+}
+
+// Every tensor is checked before any is allocated: a size that disagrees with a later tensor is found first.
+TEST_F(ConfigAgainstWeights, ConfigSizesAgainstTheWeights) {
+  const std::string dir = dir_.path().string();
+  edit_config("hidden_size", "16777216");
+  EXPECT_EQ(load_error(), dir + "/model.safetensors: tensor \"model.embed_tokens.weight\" has shape [480, 64], "
+                                "expected [480, 16777216]");
+  edit_config("hidden_size", "64");
+  edit_config("intermediate_size", "16777216");
+  EXPECT_EQ(load_error(), dir + "/model.safetensors: tensor \"model.layers.0.mlp.gate_proj.weight\" has shape "
+                                "[176, 64], expected [16777216, 64]");
+  edit_config("intermediate_size", "176");
+  edit_config("num_hidden_layers", "65536");
+  EXPECT_EQ(load_error(), dir + ": tensor \"model.layers.2.input_layernorm.weight\" is missing from the weights (" +
+                              dir + "/model.safetensors)");
+  edit_config("num_hidden_layers", "2");
+  edit_config("head_dim", "65536");
+  EXPECT_EQ(load_error(), dir + "/model.safetensors: tensor \"model.layers.0.self_attn.q_proj.weight\" has shape "
+                                "[64, 64], expected [262144, 64]");
+  edit_config("head_dim", "16");
+  auto backend = make_cpu_backend();
+  EXPECT_EQ(Model::load(dir_.path(), *backend).config().vocab_size, 480);
 }
 
 // ---- generation_config.json --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -367,6 +368,102 @@ TEST(TokenizerErrors, MalformedFilesNameTheFile) {
 
   const auto missing = testing::source_dir() / "tests" / "no-such-tokenizer-dir";
   EXPECT_THROW(Tokenizer::from_dir(missing), InputError);
+}
+
+// Hugging Face's tokenizers refuses a BPE model without "merges" ("Missing vocab/merges"); so does this one, while
+// an empty list (a model that merges nothing) stays valid.
+TEST(TokenizerErrors, MissingMergesIsRefused) {
+  json spec = tiny_byte_level(json::array(), false);
+  spec["model"].erase("merges");
+  std::string message = error_of(spec.dump());
+  EXPECT_NE(message.find("models/demo/tokenizer.json: model.merges is missing"), std::string::npos) << message;
+  spec["model"]["merges"] = nullptr;
+  message = error_of(spec.dump());
+  EXPECT_NE(message.find("models/demo/tokenizer.json: model.merges must be an array, got null"), std::string::npos)
+      << message;
+  spec["model"]["merges"] = "a b";
+  EXPECT_NE(error_of(spec.dump()).find("model.merges must be an array, got string"), std::string::npos);
+  const Tokenizer empty = Tokenizer::from_json(tiny_byte_level(json::array(), false).dump(), "", "");
+  EXPECT_EQ(empty.encode("ab"), (std::vector<TokenId>{'a', 'b'}));
+}
+
+// The error of check_tokenizer_fits_vocab ("(no error)" when it passes).
+std::string fit_error(const Tokenizer& tok, std::int64_t vocab_size) {
+  try {
+    check_tokenizer_fits_vocab(tok, vocab_size, "models/demo/tokenizer.json");
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// Ids 0..258 in the vocabulary ("xyz" is 258): a model with fewer rows has no embedding for the top ones.
+TEST(TokenizerFitsVocab, VocabularyIdsAtOrAboveVocabSizeAreNamed) {
+  const Tokenizer tok = Tokenizer::from_json(tiny_byte_level(json::array({"a b"}), false).dump(), "", "");
+  EXPECT_EQ(fit_error(tok, 259), "(no error)");
+  EXPECT_EQ(fit_error(tok, 300), "(no error)");  // models pad their vocabulary
+  EXPECT_EQ(fit_error(tok, 258),
+            "models/demo/tokenizer.json: token \"xyz\" has id 258, but the model's vocab_size (config.json) is 258: "
+            "the model has no embedding for it (1 token id is >= 258); the tokenizer does not belong to this model");
+  const std::string message = fit_error(tok, 100);
+  EXPECT_NE(message.find("token \"xyz\" has id 258"), std::string::npos) << message;
+  EXPECT_NE(message.find("vocab_size (config.json) is 100"), std::string::npos) << message;
+  EXPECT_NE(message.find("(159 token ids are >= 100)"), std::string::npos) << message;
+}
+
+TEST(TokenizerFitsVocab, AddedAndPostProcessorTokensCount) {
+  json spec = tiny_byte_level(json::array({"a b"}), false);
+  spec["added_tokens"] = json::array({{{"id", 300}, {"content", "<|im_end|>"}, {"special", true}}});
+  const Tokenizer added = Tokenizer::from_json(spec.dump(), "", "");
+  EXPECT_EQ(fit_error(added, 301), "(no error)");
+  std::string message = fit_error(added, 259);
+  EXPECT_NE(message.find("added token \"<|im_end|>\" has id 300, but the model's vocab_size (config.json) is 259"),
+            std::string::npos)
+      << message;
+
+  // A post-processor may add an id that no token of the file has.
+  spec = tiny_byte_level(json::array({"a b"}), false);
+  spec["post_processor"] = {
+      {"type", "TemplateProcessing"},
+      {"single", json::array({{{"SpecialToken", {{"id", "<bos>"}, {"type_id", 0}}}},
+                              {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+      {"special_tokens",
+       {{"<bos>", {{"id", "<bos>"}, {"ids", json::array({400})}, {"tokens", json::array({"<bos>"})}}}}}};
+  const Tokenizer templated = Tokenizer::from_json(spec.dump(), "", "");
+  message = fit_error(templated, 259);
+  EXPECT_NE(message.find("post_processor special token \"<bos>\" has id 400"), std::string::npos) << message;
+  EXPECT_EQ(fit_error(templated, 401), "(no error)");
+}
+
+// A tokenizer.json (or its directory) whose symbolic links go round in a circle is said to be that, not missing.
+TEST(TokenizerErrors, SymlinkLoopIsNamed) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("slearn_tok_loop_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::filesystem::create_symlink(dir / "tokenizer.json", dir / "tokenizer.json");
+  std::string message;
+  try {
+    Tokenizer::from_dir(dir);
+  } catch (const InputError& e) {
+    message = e.what();
+  } catch (const std::exception& e) {
+    message = std::string("not an InputError: ") + e.what();
+  }
+  EXPECT_EQ(message, (dir / "tokenizer.json").string() +
+                         ": a symlink loop (too many levels of symbolic links) where tokenizer.json was expected");
+  std::filesystem::create_symlink(dir / "loop", dir / "loop");
+  message.clear();
+  try {
+    Tokenizer::from_dir(dir / "loop");
+  } catch (const InputError& e) {
+    message = e.what();
+  } catch (const std::exception& e) {
+    message = std::string("not an InputError: ") + e.what();
+  }
+  EXPECT_EQ(message, (dir / "loop").string() +
+                         ": a symlink loop (too many levels of symbolic links) where a directory was expected");
+  std::filesystem::remove_all(dir);
 }
 
 TEST(TokenizerConfig, BosEosFromConfig) {
