@@ -1,11 +1,22 @@
-// Training checkpoints in HDF5 (C API). Layout of a checkpoint file, format_version 1:
-//   /                 attributes format_version, step, epoch, position (int64)
+// Training checkpoints in HDF5 (C API). Layout of a checkpoint file, format_version 2:
+//   /                 attributes format_version, step, epoch, position (int64) and xxh3_64 (uint64): the checksum
+//                     of the four scalars
 //   /rng_state        scalar fixed-length UTF-8 string dataset (null dataspace when the string is empty)
 //   /config_yaml      likewise
 //   /fingerprint      likewise
 //   /adapter/<name>   one float32 dataset per array, dims = shape, int64 attribute `index` = position in the
 //   /adam_m/<name>    list (HDF5 lists links alphabetically, so the order is stored explicitly)
 //   /adam_v/<name>
+// Every dataset carries a uint64 attribute xxh3_64: XXH3-64 (seed 0) of a little-endian byte record, so the
+// value is the same on every host and can be recomputed outside slearn:
+//   root scalars      format_version, step, epoch, position, each as 8 bytes
+//   string dataset    the string's bytes exactly (nothing for an empty string)
+//   array dataset     the name's length (8 bytes) and bytes, the rank (8 bytes), each dimension (8 bytes), the
+//                     index (8 bytes), then the values as IEEE float32 (4 bytes each)
+// HDF5 checks none of this (raw data has no checksum in HDF5, nor do v1 object headers): without ours, bytes
+// overwritten in the middle of a file load as garbage weights. Loading verifies every checksum and refuses a
+// mismatch; a version-1 file (no checksums) is refused rather than trusted.
+// Files are byte-reproducible: object time tracking is off, so the same TrainState always gives the same bytes.
 // Saving writes step-NNNNNNNN.h5.tmp, flushes, fsyncs and renames it, then replaces `latest` the same way;
 // a crash at any point leaves either the previous checkpoint or the new one as `latest`, never a torn file.
 #include "slearn/checkpoint.hpp"
@@ -13,8 +24,10 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -33,10 +46,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr std::int64_t kFormatVersion = 1;
+constexpr std::int64_t kFormatVersion = 2;
+constexpr std::int64_t kFirstVersionWithChecksums = 2;
 constexpr const char* kLatestName = "latest";
 constexpr const char* kLatestTemporary = "latest.tmp";
 constexpr const char* kIndexAttribute = "index";
+constexpr const char* kChecksumAttribute = "xxh3_64";
 constexpr std::uintmax_t kMaxLatestSize = 4096;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -73,12 +88,32 @@ herr_t first_description(unsigned /*n*/, const H5E_error2_t* error, void* data) 
   return 0;
 }
 
-// The most specific message on HDF5's error stack (e.g. "truncated file: eof = ..."), and clears the stack.
+// `text` on one line: every run of whitespace or other control characters becomes one space, none at the ends.
+// HDF5's details are not always one line (a failed write's detail gives the time as ctime() prints it, with its
+// newline), and an error must be one line on stderr and in logs.
+std::string one_line(std::string_view text) {
+  std::string line;
+  bool gap = false;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f || byte == ' ') {
+      gap = true;
+      continue;
+    }
+    if (gap && !line.empty()) line += ' ';
+    gap = false;
+    line += c;
+  }
+  return line;
+}
+
+// The most specific message on HDF5's error stack (e.g. "truncated file: eof = ..."), on one line, and clears
+// the stack.
 std::string hdf5_detail() {
   std::string detail;
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, first_description, &detail);
   H5Eclear2(H5E_DEFAULT);
-  return detail;
+  return one_line(detail);
 }
 
 [[noreturn]] void fail(const Where& where, const std::string& what, bool with_hdf5_detail = false) {
@@ -138,6 +173,78 @@ Handle file_access(const Where& where) {
   check(H5Pset_file_locking(fapl.get(), false, true), where, "H5Pset_file_locking");
 #endif
   return fapl;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Checksums: XXH3-64 over the little-endian byte records described at the top of this file.
+
+class Checksum {
+ public:
+  Checksum() : state_(XXH3_createState()) {
+    if (state_ == nullptr) throw Error("checkpoint: cannot allocate an xxh3 state");
+    if (XXH3_64bits_reset(state_) != XXH_OK) {
+      XXH3_freeState(state_);
+      throw Error("checkpoint: cannot initialise an xxh3 state");
+    }
+  }
+  ~Checksum() { XXH3_freeState(state_); }
+  Checksum(const Checksum&) = delete;
+  Checksum& operator=(const Checksum&) = delete;
+
+  void add_bytes(const void* data, std::size_t size) {
+    if (size != 0 && XXH3_64bits_update(state_, data, size) != XXH_OK) throw Error("checkpoint: xxh3 update failed");
+  }
+  void add_i64(std::int64_t value) {
+    const auto bits = static_cast<std::uint64_t>(value);
+    unsigned char bytes[8];
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<unsigned char>(bits >> (8 * i));
+    add_bytes(bytes, sizeof bytes);
+  }
+  void add_floats(const std::vector<float>& values) {
+    if constexpr (std::endian::native == std::endian::little) {
+      add_bytes(values.data(), values.size() * sizeof(float));
+    } else {
+      // Swapped a block at a time rather than copying the whole array (moments can be hundreds of MB).
+      constexpr std::size_t kBlock = 4096;
+      std::uint32_t swapped[kBlock];
+      for (std::size_t start = 0; start < values.size(); start += kBlock) {
+        const std::size_t n = std::min(kBlock, values.size() - start);
+        for (std::size_t i = 0; i < n; ++i) {
+          const auto bits = std::bit_cast<std::uint32_t>(values[start + i]);
+          swapped[i] = (bits >> 24) | ((bits >> 8) & 0xff00u) | ((bits << 8) & 0xff0000u) | (bits << 24);
+        }
+        add_bytes(swapped, n * sizeof(std::uint32_t));
+      }
+    }
+  }
+  std::uint64_t digest() const { return XXH3_64bits_digest(state_); }
+
+ private:
+  XXH3_state_t* state_;
+};
+
+std::uint64_t root_checksum(std::int64_t version, std::int64_t step, std::int64_t epoch, std::int64_t position) {
+  Checksum checksum;
+  for (const std::int64_t value : {version, step, epoch, position}) checksum.add_i64(value);
+  return checksum.digest();
+}
+
+std::uint64_t string_checksum(const std::string& text) {
+  Checksum checksum;
+  checksum.add_bytes(text.data(), text.size());
+  return checksum.digest();
+}
+
+// Covers the name, shape and index as well as the values: together they are everything an array is read as.
+std::uint64_t array_checksum(const NamedArray& array, std::int64_t index) {
+  Checksum checksum;
+  checksum.add_i64(static_cast<std::int64_t>(array.name.size()));
+  checksum.add_bytes(array.name.data(), array.name.size());
+  checksum.add_i64(static_cast<std::int64_t>(array.shape.size()));
+  for (const std::int64_t dim : array.shape) checksum.add_i64(dim);
+  checksum.add_i64(index);
+  checksum.add_floats(array.values);
+  return checksum.digest();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -328,14 +435,31 @@ std::vector<std::string> list_files(const fs::path& dir) {
 // ---------------------------------------------------------------------------------------------------------
 // Writing.
 
-void write_i64_attribute(hid_t object, const char* name, std::int64_t value, const Where& where,
-                         const std::string& object_name) {
+void write_integer_attribute(hid_t object, const char* name, hid_t file_type, hid_t memory_type, const void* value,
+                             const Where& where, const std::string& object_name) {
   const std::string label = object_name + " attribute " + name;
   Handle space = make(H5Screate(H5S_SCALAR), H5Sclose, where, "H5Screate", label);
-  Handle attribute =
-      make(H5Acreate2(object, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose, where,
-           "H5Acreate2", label);
-  check(H5Awrite(attribute.get(), H5T_NATIVE_INT64, &value), where, "H5Awrite", label);
+  Handle attribute = make(H5Acreate2(object, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+                          where, "H5Acreate2", label);
+  check(H5Awrite(attribute.get(), memory_type, value), where, "H5Awrite", label);
+}
+
+void write_i64_attribute(hid_t object, const char* name, std::int64_t value, const Where& where,
+                         const std::string& object_name) {
+  write_integer_attribute(object, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value, where, object_name);
+}
+
+void write_checksum(hid_t object, std::uint64_t value, const Where& where, const std::string& object_name) {
+  write_integer_attribute(object, kChecksumAttribute, H5T_STD_U64LE, H5T_NATIVE_UINT64, &value, where, object_name);
+}
+
+// A creation property list (file, group or dataset) with object time tracking off. HDF5 otherwise stamps
+// every object header with the time it was written, so two saves of the same state would differ in bytes;
+// the file's own mtime already says when it was written.
+Handle untimed_creation_properties(hid_t property_class, const Where& where) {
+  Handle properties = make(H5Pcreate(property_class), H5Pclose, where, "H5Pcreate");
+  check(H5Pset_obj_track_times(properties.get(), false), where, "H5Pset_obj_track_times");
+  return properties;
 }
 
 // A fixed-length, null-padded UTF-8 string of exactly the text's bytes (an empty text: a null dataspace,
@@ -348,22 +472,26 @@ Handle string_type(std::size_t size, const Where& where, const std::string& labe
   return type;
 }
 
-void write_string(hid_t file, const char* name, const std::string& text, const Where& where) {
+void write_string(hid_t file, const char* name, const std::string& text, hid_t dataset_properties,
+                  const Where& where) {
   const std::string label = std::string("dataset ") + name;
   Handle type = string_type(text.size(), where, label);
   Handle space = make(H5Screate(text.empty() ? H5S_NULL : H5S_SCALAR), H5Sclose, where, "H5Screate", label);
-  Handle dataset = make(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-                        H5Dclose, where, "H5Dcreate2", label);
+  Handle dataset =
+      make(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, dataset_properties, H5P_DEFAULT), H5Dclose,
+           where, "H5Dcreate2", label);
   if (!text.empty()) {
     check(H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()), where, "H5Dwrite",
           label);
   }
+  write_checksum(dataset.get(), string_checksum(text), where, label);
 }
 
-void write_arrays(hid_t file, const char* group_name, const std::vector<NamedArray>& arrays, const Where& where) {
+void write_arrays(hid_t file, const char* group_name, const std::vector<NamedArray>& arrays, hid_t group_properties,
+                  hid_t dataset_properties, const Where& where) {
   Handle link_properties = make(H5Pcreate(H5P_LINK_CREATE), H5Pclose, where, "H5Pcreate");
   check(H5Pset_char_encoding(link_properties.get(), H5T_CSET_UTF8), where, "H5Pset_char_encoding");
-  Handle group = make(H5Gcreate2(file, group_name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose, where,
+  Handle group = make(H5Gcreate2(file, group_name, H5P_DEFAULT, group_properties, H5P_DEFAULT), H5Gclose, where,
                       "H5Gcreate2", std::string("group ") + group_name);
   for (std::size_t i = 0; i < arrays.size(); ++i) {
     const NamedArray& array = arrays[i];
@@ -373,30 +501,37 @@ void write_arrays(hid_t file, const char* group_name, const std::vector<NamedArr
                                      : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
                         H5Sclose, where, "H5Screate", label);
     Handle dataset = make(H5Dcreate2(group.get(), array.name.c_str(), H5T_IEEE_F32LE, space.get(),
-                                     link_properties.get(), H5P_DEFAULT, H5P_DEFAULT),
+                                     link_properties.get(), dataset_properties, H5P_DEFAULT),
                           H5Dclose, where, "H5Dcreate2", label);
     if (!array.values.empty()) {
       check(H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, array.values.data()), where,
             "H5Dwrite", label);
     }
-    write_i64_attribute(dataset.get(), kIndexAttribute, static_cast<std::int64_t>(i), where, label);
+    const auto index = static_cast<std::int64_t>(i);
+    write_i64_attribute(dataset.get(), kIndexAttribute, index, where, label);
+    write_checksum(dataset.get(), array_checksum(array, index), where, label);
   }
 }
 
 void write_checkpoint_file(const fs::path& path, const TrainState& state) {
   const Where where{path, false};
   Handle fapl = file_access(where);
-  Handle file = make(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose, where, "H5Fcreate");
+  // The file creation properties are the root group's creation properties too.
+  Handle fcpl = untimed_creation_properties(H5P_FILE_CREATE, where);
+  Handle gcpl = untimed_creation_properties(H5P_GROUP_CREATE, where);
+  Handle dcpl = untimed_creation_properties(H5P_DATASET_CREATE, where);
+  Handle file = make(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()), H5Fclose, where, "H5Fcreate");
   write_i64_attribute(file.get(), "format_version", kFormatVersion, where, "/");
   write_i64_attribute(file.get(), "step", state.step, where, "/");
   write_i64_attribute(file.get(), "epoch", state.epoch, where, "/");
   write_i64_attribute(file.get(), "position", state.position, where, "/");
-  write_string(file.get(), "rng_state", state.rng_state, where);
-  write_string(file.get(), "config_yaml", state.config_yaml, where);
-  write_string(file.get(), "fingerprint", state.fingerprint, where);
-  write_arrays(file.get(), "adapter", state.adapter, where);
-  write_arrays(file.get(), "adam_m", state.adam_m, where);
-  write_arrays(file.get(), "adam_v", state.adam_v, where);
+  write_checksum(file.get(), root_checksum(kFormatVersion, state.step, state.epoch, state.position), where, "/");
+  write_string(file.get(), "rng_state", state.rng_state, dcpl.get(), where);
+  write_string(file.get(), "config_yaml", state.config_yaml, dcpl.get(), where);
+  write_string(file.get(), "fingerprint", state.fingerprint, dcpl.get(), where);
+  write_arrays(file.get(), "adapter", state.adapter, gcpl.get(), dcpl.get(), where);
+  write_arrays(file.get(), "adam_m", state.adam_m, gcpl.get(), dcpl.get(), where);
+  write_arrays(file.get(), "adam_v", state.adam_v, gcpl.get(), dcpl.get(), where);
   check(H5Fflush(file.get(), H5F_SCOPE_LOCAL), where, "H5Fflush");
   check(file.close(), where, "H5Fclose");
 }
@@ -404,20 +539,45 @@ void write_checkpoint_file(const fs::path& path, const TrainState& state) {
 // ---------------------------------------------------------------------------------------------------------
 // Reading.
 
-std::int64_t read_i64_attribute(hid_t object, const char* name, const Where& where, const std::string& object_name) {
-  const std::string label = object_name + " attribute " + name;
+// Reads the scalar integer attribute `name` of `object` into `value` (converted to `memory_type`); false when
+// there is no such attribute.
+bool read_integer_attribute(hid_t object, const char* name, hid_t memory_type, void* value, const Where& where,
+                            const std::string& label) {
   const htri_t exists = H5Aexists(object, name);
   check(exists, where, "H5Aexists", label);
-  if (exists == 0) fail(where, "not a slearn checkpoint: missing " + label);
+  if (exists == 0) return false;
   Handle attribute = make(H5Aopen(object, name, H5P_DEFAULT), H5Aclose, where, "H5Aopen", label);
   Handle type = make(H5Aget_type(attribute.get()), H5Tclose, where, "H5Aget_type", label);
   Handle space = make(H5Aget_space(attribute.get()), H5Sclose, where, "H5Aget_space", label);
   if (H5Tget_class(type.get()) != H5T_INTEGER || H5Sget_simple_extent_type(space.get()) != H5S_SCALAR) {
     fail(where, "not a slearn checkpoint: " + label + " is not a scalar integer");
   }
+  check(H5Aread(attribute.get(), memory_type, value), where, "H5Aread", label);
+  return true;
+}
+
+std::int64_t read_i64_attribute(hid_t object, const char* name, const Where& where, const std::string& object_name) {
+  const std::string label = object_name + " attribute " + name;
   std::int64_t value = 0;
-  check(H5Aread(attribute.get(), H5T_NATIVE_INT64, &value), where, "H5Aread", label);
+  if (!read_integer_attribute(object, name, H5T_NATIVE_INT64, &value, where, label)) {
+    fail(where, "not a slearn checkpoint: missing " + label);
+  }
   return value;
+}
+
+// Refuses `object` unless its stored checksum equals `actual` (what was read, hashed again). `what` names what
+// the checksum covers in the message, e.g. "dataset adapter/<name>" (`plural`: "the root attributes").
+void verify_checksum(hid_t object, std::uint64_t actual, const Where& where, const std::string& object_name,
+                     const std::string& what, bool plural = false) {
+  std::uint64_t stored = 0;
+  if (!read_integer_attribute(object, kChecksumAttribute, H5T_NATIVE_UINT64, &stored, where,
+                              object_name + " attribute " + kChecksumAttribute)) {
+    fail(where, "corrupt checkpoint: " + what + (plural ? " have" : " has") + " no checksum (attribute " +
+                    kChecksumAttribute + ")");
+  }
+  if (stored != actual) {
+    fail(where, "corrupt checkpoint: " + what + (plural ? " fail their checksum" : " fails its checksum"));
+  }
 }
 
 void require_link(hid_t location, const char* name, const Where& where, const std::string& label) {
@@ -436,7 +596,10 @@ std::string read_string(hid_t file, const char* name, std::uintmax_t file_size, 
     fail(where, "not a slearn checkpoint: " + label + " is not a fixed-length string");
   }
   const H5S_class_t space_class = H5Sget_simple_extent_type(space.get());
-  if (space_class == H5S_NULL) return {};
+  if (space_class == H5S_NULL) {
+    verify_checksum(dataset.get(), string_checksum({}), where, label, label);
+    return {};
+  }
   if (space_class != H5S_SCALAR) fail(where, "not a slearn checkpoint: " + label + " is not a scalar string");
   const std::size_t size = H5Tget_size(file_type.get());
   if (size == 0 || size > file_size) fail(where, "corrupt checkpoint: " + label + " has an impossible size");
@@ -444,6 +607,7 @@ std::string read_string(hid_t file, const char* name, std::uintmax_t file_size, 
   std::string text(size, '\0');
   check(H5Dread(dataset.get(), memory_type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()), where, "H5Dread",
         label);
+  verify_checksum(dataset.get(), string_checksum(text), where, label, label);
   return text;
 }
 
@@ -506,6 +670,7 @@ std::vector<NamedArray> read_arrays(hid_t file, const char* group_name, std::uin
     }
 
     const std::int64_t index = read_i64_attribute(dataset.get(), kIndexAttribute, where, label);
+    verify_checksum(dataset.get(), array_checksum(array, index), where, label, label);
     if (index < 0 || static_cast<std::uint64_t>(index) >= count || filled[static_cast<std::size_t>(index)]) {
       fail(where, "corrupt checkpoint: " + label + " has index " + std::to_string(index) + ", out of range or repeated");
     }
@@ -534,7 +699,13 @@ TrainState read_checkpoint_file(const fs::path& path) {
   if (file_id < 0) fail(where, "cannot open the checkpoint: truncated or corrupt HDF5 file", true);
   Handle file(file_id, H5Fclose);
 
+  // The version comes first: an older file is refused for what it is, not as a checksum failure.
   const std::int64_t version = read_i64_attribute(file.get(), "format_version", where, "/");
+  if (version >= 1 && version < kFirstVersionWithChecksums) {
+    fail(where, "checkpoint format version " + std::to_string(version) +
+                    " was written by an older slearn without checksums, so it cannot be verified and is not loaded; "
+                    "start over with --force");
+  }
   if (version != kFormatVersion) {
     fail(where, "checkpoint format version " + std::to_string(version) + ", but this slearn reads version " +
                     std::to_string(kFormatVersion));
@@ -543,6 +714,8 @@ TrainState read_checkpoint_file(const fs::path& path) {
   state.step = read_i64_attribute(file.get(), "step", where, "/");
   state.epoch = read_i64_attribute(file.get(), "epoch", where, "/");
   state.position = read_i64_attribute(file.get(), "position", where, "/");
+  verify_checksum(file.get(), root_checksum(version, state.step, state.epoch, state.position), where, "/",
+                  "the root attributes (format_version, step, epoch, position)", true);
   if (state.step < 0 || state.epoch < 0 || state.position < 0) {
     fail(where, "corrupt checkpoint: negative step, epoch or position");
   }
@@ -622,6 +795,30 @@ std::string describe_part(const std::string& key) {
     message += descriptions + " (" + keys + (differing.size() == 1 ? " fingerprint differs)" : " fingerprints differ)");
   }
   throw InputError(message + "; start a new run directory or pass --force");
+}
+
+// The newest checkpoint in `dir` older than `step` that loads, verifies completely and has the expected
+// fingerprint, or an empty string. It is only named to the user, never loaded in place of `latest`: going back
+// repeats steps, and a file that went bad may mean a failing disk, so that is the user's call.
+std::string valid_older_checkpoint(const fs::path& dir, std::int64_t step, const std::string& expected_fingerprint) {
+  std::vector<std::pair<std::int64_t, std::string>> older;
+  try {
+    for (const std::string& file : list_files(dir)) {
+      const std::int64_t file_step = parse_step_file_name(file);
+      if (file_step >= 0 && file_step < step) older.emplace_back(file_step, file);
+    }
+  } catch (const Error&) {
+    return {};
+  }
+  std::sort(older.begin(), older.end(), std::greater<>());
+  for (const auto& [file_step, file] : older) {
+    try {
+      if (read_checkpoint_file(dir / file).fingerprint == expected_fingerprint) return file;
+    } catch (const Error&) {
+      // Not valid either: try the next older one.
+    }
+  }
+  return {};
 }
 
 }  // namespace
@@ -705,16 +902,26 @@ std::optional<TrainState> load_latest_checkpoint(const fs::path& dir, const std:
   const auto not_space = [](unsigned char c) { return c != ' ' && c != '\n' && c != '\r' && c != '\t'; };
   name.erase(name.begin(), std::find_if(name.begin(), name.end(), not_space));
   name.erase(std::find_if(name.rbegin(), name.rend(), not_space).base(), name.end());
-  if (parse_step_file_name(name) < 0) {
-    throw InputError(latest.string() + ": does not name a checkpoint file (it holds \"" + name +
+  const std::int64_t step = parse_step_file_name(name);
+  if (step < 0) {
+    throw InputError(latest.string() + ": does not name a checkpoint file (it holds \"" + one_line(name) +
                      "\", expected step-NNNNNNNN.h5)");
   }
   const fs::path file = dir / name;
-  if (!fs::exists(file, ec)) {
-    throw InputError(latest.string() + " names " + name + ", which does not exist in " + dir.string());
+  std::optional<TrainState> state;
+  try {
+    if (!fs::exists(file, ec)) {
+      throw InputError(latest.string() + " names " + name + ", which does not exist in " + dir.string());
+    }
+    state = read_checkpoint_file(file);
+  } catch (const InputError& error) {
+    const std::string older = valid_older_checkpoint(dir, step, expected_fingerprint);
+    if (older.empty()) throw;
+    throw InputError(std::string(error.what()) + "; the older checkpoint " + older + " in " + dir.string() +
+                     " is valid: to resume from it, write its name into " + latest.string() +
+                     "; or pass --force to start over");
   }
-  TrainState state = read_checkpoint_file(file);
-  if (state.fingerprint != expected_fingerprint) refuse_fingerprint(file, state.fingerprint, expected_fingerprint);
+  if (state->fingerprint != expected_fingerprint) refuse_fingerprint(file, state->fingerprint, expected_fingerprint);
   return state;
 }
 

@@ -1,5 +1,6 @@
-// Training checkpoints: bit-exact HDF5 round trip, the save protocol (temporary files, `latest`, keep_last),
-// every refusal on load (truncated, foreign, wrong version, other model/data/config), and the fingerprints.
+// Training checkpoints: bit-exact HDF5 round trip, byte-reproducible files, the save protocol (temporary files,
+// `latest`, keep_last), every refusal on load (truncated, foreign, wrong or old version, failed checksums, other
+// model/data/config), the hint naming a valid older checkpoint, one-line messages, and the fingerprints.
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <unistd.h>
@@ -7,8 +8,11 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -154,8 +158,11 @@ std::string input_error_message(Body body) {
   }
   const std::string printed = ::testing::internal::GetCapturedStderr();
   EXPECT_EQ(printed, "") << "something was printed to stderr";
+  EXPECT_EQ(message.find_first_of("\n\r\t"), std::string::npos) << "not one line: " << message;
   return message;
 }
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 const std::string kFingerprint =
     "model:00112233445566778899aabbccddeeff data:ffeeddccbbaa99887766554433221100 config:0123";
@@ -315,14 +322,349 @@ TEST(Checkpoint, OtherFormatVersionIsRefused) {
     ASSERT_GE(h, 0);
     const hid_t attribute = H5Aopen(h, "format_version", H5P_DEFAULT);
     ASSERT_GE(attribute, 0);
-    const std::int64_t version = 2;
+    const std::int64_t version = 3;
     EXPECT_GE(H5Awrite(attribute, H5T_NATIVE_INT64, &version), 0);
     H5Aclose(attribute);
     H5Fclose(h);
   }
   const std::string message = input_error_message([&] { load_checkpoint(file); });
-  EXPECT_NE(message.find("version 2"), std::string::npos) << message;
+  EXPECT_NE(message.find("version 3"), std::string::npos) << message;
+  EXPECT_NE(message.find("reads version 2"), std::string::npos) << message;
   EXPECT_NE(message.find(file.string()), std::string::npos) << message;
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// Checksums (format version 2), byte-reproducible files, the older-checkpoint hint, one-line messages.
+
+constexpr std::int64_t kBigRows = 64;
+constexpr std::int64_t kBigColumns = 256;
+
+// Three 64x256 arrays in each group (64 KiB each, nine in all), so most of the file is array data; every array's
+// values are distinct from every other's, so its bytes can be found in the file.
+TrainState big_state(std::int64_t step) {
+  TrainState state;
+  state.step = step;
+  state.epoch = 1;
+  state.position = 5;
+  int k = 0;
+  for (auto* group : {&state.adapter, &state.adam_m, &state.adam_v}) {
+    for (int layer = 0; layer < 3; ++layer) {
+      NamedArray a;
+      a.name = "base_model.model.model.layers." + std::to_string(layer) + ".self_attn.q_proj.lora_A.weight";
+      a.shape = {kBigRows, kBigColumns};
+      ++k;
+      for (std::int64_t i = 0; i < kBigRows * kBigColumns; ++i) a.values.push_back(static_cast<float>(k * 100000 + i));
+      group->push_back(std::move(a));
+    }
+  }
+  state.rng_state = "mt19937 rng state 42 43 44";
+  state.config_yaml = "model: /models/big\nlora:\n  r: 64\n";
+  state.fingerprint = kFingerprint;
+  return state;
+}
+
+// The values as the file stores them: IEEE float32, little-endian.
+std::string little_endian_bytes(const std::vector<float>& values) {
+  std::string bytes;
+  for (float value : values) {
+    const auto bits = std::bit_cast<std::uint32_t>(value);
+    for (int i = 0; i < 4; ++i) bytes.push_back(static_cast<char>(bits >> (8 * i)));
+  }
+  return bytes;
+}
+
+// Where one dataset's data lies in the file's bytes.
+struct Region {
+  std::string dataset;  // as the messages name it: "adapter/<name>", "config_yaml"
+  std::size_t offset;
+  std::size_t size;
+};
+
+Region find_region(const std::string& file_bytes, const std::string& dataset, const std::string& data) {
+  const std::size_t offset = file_bytes.find(data);
+  EXPECT_NE(offset, std::string::npos) << dataset << " not found in the file";
+  EXPECT_EQ(file_bytes.find(data, offset + 1), std::string::npos) << dataset << " found twice in the file";
+  return Region{dataset, offset, data.size()};
+}
+
+std::vector<Region> array_regions(const std::string& file_bytes, const TrainState& state) {
+  std::vector<Region> regions;
+  const std::pair<const char*, const std::vector<NamedArray>*> groups[] = {
+      {"adapter", &state.adapter}, {"adam_m", &state.adam_m}, {"adam_v", &state.adam_v}};
+  for (const auto& [group, arrays] : groups) {
+    for (const NamedArray& a : *arrays) {
+      regions.push_back(find_region(file_bytes, std::string(group) + "/" + a.name, little_endian_bytes(a.values)));
+    }
+  }
+  return regions;
+}
+
+// Rewrites a root attribute in place with the HDF5 API, as a tool that knows nothing of the checksums would.
+void rewrite_root_attribute(const fs::path& file, const char* name, std::int64_t value) {
+  const hid_t h = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(h, 0);
+  const hid_t attribute = H5Aopen(h, name, H5P_DEFAULT);
+  ASSERT_GE(attribute, 0);
+  EXPECT_GE(H5Awrite(attribute, H5T_NATIVE_INT64, &value), 0);
+  EXPECT_GE(H5Aclose(attribute), 0);
+  EXPECT_GE(H5Fclose(h), 0);
+}
+
+// Flips one bit of the byte at `offset` of `file`.
+void flip_byte(const fs::path& file, std::size_t offset) {
+  std::string bytes = read_file(file);
+  ASSERT_LT(offset, bytes.size());
+  bytes[offset] = static_cast<char>(bytes[offset] ^ 0x01);
+  write_text(file, bytes);
+}
+
+// Flips a byte of the first adapter array's data in the checkpoint of `state` in `dir`.
+void corrupt_first_array(const fs::path& dir, const TrainState& state) {
+  char name[32];
+  std::snprintf(name, sizeof name, "step-%08lld.h5", static_cast<long long>(state.step));
+  flip_byte(dir / name, array_regions(read_file(dir / name), state)[0].offset + 1);
+}
+
+TEST(Checkpoint, SavesOfTheSameStateAreByteIdentical) {
+  TempDir dir;
+  const TrainState state = sample_state(12);
+  const fs::path first = save_checkpoint(dir / "a", state, 2);
+  // HDF5's object times have a resolution of one second: let the clock move on, so that a time stored
+  // anywhere in the file would differ between the two.
+  const std::time_t after_first = std::time(nullptr);
+  while (std::time(nullptr) <= after_first) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const fs::path second = save_checkpoint(dir / "b", state, 2);
+  const std::string first_bytes = read_file(first);
+  const std::string second_bytes = read_file(second);
+  ASSERT_EQ(first_bytes.size(), second_bytes.size());
+  const auto differ = std::mismatch(first_bytes.begin(), first_bytes.end(), second_bytes.begin());
+  EXPECT_TRUE(differ.first == first_bytes.end())
+      << "the files differ from byte " << (differ.first - first_bytes.begin()) << " of " << first_bytes.size();
+
+  // And a bigger one, saved over the first in the same directory.
+  const TrainState big = big_state(12);
+  const std::string big_first = read_file(save_checkpoint(dir / "c", big, 2));
+  EXPECT_EQ(big_first, read_file(save_checkpoint(dir / "c", big, 2)));
+}
+
+TEST(Checkpoint, OverwrittenMiddleFailsItsChecksum) {
+  TempDir dir;
+  const TrainState state = big_state(6);
+  const fs::path file = save_checkpoint(dir.path(), state, 2);
+  std::string bytes = read_file(file);
+  const std::vector<Region> regions = array_regions(bytes, state);
+  ASSERT_EQ(regions.size(), 9u);
+
+  // 8 KiB in the middle of the file, inside one array's data.
+  const std::size_t start = bytes.size() / 2 - 4096;
+  const std::size_t end = start + 8192;
+  const auto inside = std::find_if(regions.begin(), regions.end(),
+                                   [&](const Region& r) { return r.offset <= start && end <= r.offset + r.size; });
+  ASSERT_NE(inside, regions.end()) << "the middle of the file is not array data";
+  for (std::size_t i = start; i < end; ++i) bytes[i] = static_cast<char>(0x5a ^ (i * 7));
+  write_text(file, bytes);
+
+  const std::string expected =
+      file.string() + ": corrupt checkpoint: dataset " + inside->dataset + " fails its checksum";
+  EXPECT_EQ(input_error_message([&] { load_checkpoint(file); }), expected);
+  // No older checkpoint: `latest` reports the same line and nothing more.
+  EXPECT_EQ(input_error_message([&] { load_latest_checkpoint(dir.path(), kFingerprint); }), expected);
+}
+
+TEST(Checkpoint, OneFlippedByteInAnyDatasetIsDetected) {
+  TempDir dir;
+  const TrainState state = big_state(6);
+  const fs::path file = save_checkpoint(dir.path(), state, 2);
+  const std::string original = read_file(file);
+  std::vector<Region> regions = array_regions(original, state);
+  regions.push_back(find_region(original, "rng_state", state.rng_state));
+  regions.push_back(find_region(original, "config_yaml", state.config_yaml));
+  regions.push_back(find_region(original, "fingerprint", state.fingerprint));
+  for (const Region& region : regions) {
+    for (const std::size_t at : {std::size_t{0}, region.size / 2, region.size - 1}) {
+      write_text(file, original);
+      flip_byte(file, region.offset + at);
+      const std::string message = input_error_message([&] { load_checkpoint(file); });
+      EXPECT_EQ(message, file.string() + ": corrupt checkpoint: dataset " + region.dataset + " fails its checksum")
+          << "byte " << at << " of " << region.dataset;
+    }
+  }
+  write_text(file, original);
+  expect_same_state(state, load_checkpoint(file));
+}
+
+TEST(Checkpoint, TamperedRootAttributeFailsTheRootChecksum) {
+  TempDir dir;
+  const TrainState state = sample_state(7);
+  const fs::path file = save_checkpoint(dir.path(), state, 2);
+  const std::string original = read_file(file);
+  const std::pair<const char*, std::int64_t> changes[] = {{"step", 8}, {"epoch", 3}, {"position", 36}};
+  for (const auto& [name, value] : changes) {
+    write_text(file, original);
+    rewrite_root_attribute(file, name, value);
+    const std::string message = input_error_message([&] { load_checkpoint(file); });
+    EXPECT_EQ(message, file.string() +
+                           ": corrupt checkpoint: the root attributes (format_version, step, epoch, position) fail "
+                           "their checksum")
+        << name;
+  }
+  // Written back to what it was, the same file loads again.
+  rewrite_root_attribute(file, "position", state.position);
+  expect_same_state(state, load_checkpoint(file));
+}
+
+TEST(Checkpoint, MissingChecksumIsRefused) {
+  TempDir dir;
+  const fs::path file = save_checkpoint(dir.path(), sample_state(7), 2);
+  {
+    const hid_t h = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(h, 0);
+    EXPECT_GE(H5Adelete_by_name(h, "adam_v/zeta", "xxh3_64", H5P_DEFAULT), 0);
+    EXPECT_GE(H5Fclose(h), 0);
+  }
+  const std::string message = input_error_message([&] { load_checkpoint(file); });
+  EXPECT_EQ(message, file.string() + ": corrupt checkpoint: dataset adam_v/zeta has no checksum (attribute xxh3_64)");
+}
+
+TEST(Checkpoint, CorruptLatestNamesAValidOlderCheckpoint) {
+  TempDir dir;
+  const TrainState state = big_state(4);
+  save_checkpoint(dir.path(), state, 3);
+  TrainState later = state;
+  later.step = 8;
+  const fs::path file = save_checkpoint(dir.path(), later, 3);
+  const std::string original = read_file(file);
+  const std::string hint = "; the older checkpoint step-00000004.h5 in " + dir.path().string() +
+                           " is valid: to resume from it, write its name into " + (dir / "latest").string() +
+                           "; or pass --force to start over";
+
+  // A failed checksum.
+  flip_byte(file, array_regions(original, later)[4].offset + 100);
+  std::string message = input_error_message([&] { load_latest_checkpoint(dir.path(), kFingerprint); });
+  EXPECT_EQ(message, file.string() + ": corrupt checkpoint: dataset adam_m/" + later.adam_m[1].name +
+                         " fails its checksum" + hint);
+  // A truncated file.
+  write_text(file, original.substr(0, original.size() / 2));
+  message = input_error_message([&] { load_latest_checkpoint(dir.path(), kFingerprint); });
+  EXPECT_TRUE(contains(message, file.string())) << message;
+  EXPECT_TRUE(message.ends_with(hint)) << message;
+
+  // Nothing falls back by itself: `latest` still names the bad one until the user changes it, as the hint says.
+  EXPECT_EQ(read_file(dir / "latest"), "step-00000008.h5\n");
+  write_text(dir / "latest", "step-00000004.h5\n");
+  const auto resumed = load_latest_checkpoint(dir.path(), kFingerprint);
+  ASSERT_TRUE(resumed.has_value());
+  expect_same_state(state, *resumed);
+}
+
+TEST(Checkpoint, CorruptLatestSkipsBadOlderCheckpointsInTheHint) {
+  TempDir dir;
+  for (const std::int64_t step : {2, 4, 8}) save_checkpoint(dir.path(), big_state(step), 5);
+  for (const std::int64_t step : {4, 8}) corrupt_first_array(dir.path(), big_state(step));
+  const std::string message = input_error_message([&] { load_latest_checkpoint(dir.path(), kFingerprint); });
+  EXPECT_TRUE(contains(message, "the older checkpoint step-00000002.h5 in " + dir.path().string() + " is valid"))
+      << message;
+  EXPECT_FALSE(contains(message, "step-00000004.h5")) << message;
+}
+
+TEST(Checkpoint, CorruptLatestWithoutAValidOlderOneSaysNothingMore) {
+  TempDir dir;
+  // Older ones that are corrupt too, or were written for another run, and a newer-numbered valid one: none of
+  // them is offered.
+  TrainState other = big_state(2);
+  other.fingerprint = "model:aaaa data:bbbb config:cccc";
+  save_checkpoint(dir.path(), other, 10);
+  save_checkpoint(dir.path(), big_state(90), 10);
+  save_checkpoint(dir.path(), big_state(4), 10);
+  const fs::path file = save_checkpoint(dir.path(), big_state(8), 10);
+  for (const std::int64_t step : {4, 8}) corrupt_first_array(dir.path(), big_state(step));
+
+  const std::string direct = input_error_message([&] { load_checkpoint(file); });
+  const std::string message = input_error_message([&] { load_latest_checkpoint(dir.path(), kFingerprint); });
+  EXPECT_EQ(message, direct);
+  EXPECT_FALSE(contains(message, "older")) << message;
+  EXPECT_FALSE(contains(message, "step-00000002.h5")) << message;
+  EXPECT_FALSE(contains(message, "step-00000090.h5")) << message;
+
+  // `latest` naming a file that is not there, with no older one either.
+  TempDir empty;
+  write_text(empty / "latest", "step-00000003.h5\n");
+  EXPECT_FALSE(contains(input_error_message([&] { load_latest_checkpoint(empty.path(), kFingerprint); }), "older"));
+}
+
+TEST(Checkpoint, VersionOneFileIsRefusedAsUnverifiable) {
+  TempDir dir;
+  const fs::path file = save_checkpoint(dir.path(), sample_state(7), 2);
+  // What slearn wrote before checksums: format_version 1, no xxh3_64 attributes. (Changing the version alone
+  // also breaks the root checksum; the version is checked first.)
+  rewrite_root_attribute(file, "format_version", 1);
+  const std::string expected = file.string() +
+                               ": checkpoint format version 1 was written by an older slearn without checksums, so "
+                               "it cannot be verified and is not loaded; start over with --force";
+  EXPECT_EQ(input_error_message([&] { load_checkpoint(file); }), expected);
+  {
+    const hid_t h = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(h, 0);
+    EXPECT_GE(H5Adelete(h, "xxh3_64"), 0);
+    for (const char* name : {"rng_state", "config_yaml", "fingerprint"}) {
+      EXPECT_GE(H5Adelete_by_name(h, name, "xxh3_64", H5P_DEFAULT), 0);
+    }
+    EXPECT_GE(H5Fclose(h), 0);
+  }
+  EXPECT_EQ(input_error_message([&] { load_checkpoint(file); }), expected);
+  EXPECT_EQ(input_error_message([&] { load_latest_checkpoint(dir.path(), kFingerprint); }), expected);
+}
+
+TEST(Checkpoint, ErrorMessagesAreOneLine) {
+  TempDir dir;
+  // `latest` holding several lines.
+  write_text(dir / "latest", "step-00000001.h5\nstep-00000002.h5\r\n\tstep-3\n");
+  const std::string message = input_error_message([&] { load_latest_checkpoint(dir.path(), kFingerprint); });
+  EXPECT_TRUE(contains(message, "step-00000001.h5 step-00000002.h5 step-3")) << message;
+
+  // Corrupt files of every kind (input_error_message checks each message is one line).
+  const fs::path file = save_checkpoint(dir / "ckpt", big_state(3), 2);
+  const std::string original = read_file(file);
+  for (const std::size_t size : {std::size_t{5}, std::size_t{100}, std::size_t{700}, std::size_t{3000},
+                                 original.size() / 3, original.size() - 8}) {
+    write_text(file, original.substr(0, size));
+    input_error_message([&] { load_checkpoint(file); });
+  }
+  for (std::size_t from = 96; from < 4096; from += 256) {
+    std::string bytes = original;
+    for (std::size_t i = from; i < from + 64; ++i) bytes[i] = static_cast<char>(0xa5 ^ (i * 31));
+    write_text(file, bytes);
+    try {
+      load_checkpoint(file);
+    } catch (const std::exception& error) {
+      const std::string what = error.what();
+      EXPECT_EQ(what.find_first_of("\n\r\t"), std::string::npos) << "not one line: " << what;
+    }
+  }
+}
+
+TEST(Checkpoint, DiskFullIsAnErrorOnOneLine) {
+  // The disk filling up during a write, through /dev/full: HDF5's detail for a failed write names the time as
+  // ctime() prints it, with a newline.
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  TempDir dir;
+  fs::create_symlink("/dev/full", dir / "step-00000001.h5.tmp");
+  std::string message;
+  ::testing::internal::CaptureStderr();
+  try {
+    save_checkpoint(dir.path(), big_state(1), 2);
+    ADD_FAILURE() << "no Error was thrown";
+  } catch (const InputError& error) {
+    ADD_FAILURE() << "a failed write is not the user's input error: " << error.what();
+  } catch (const Error& error) {
+    message = error.what();
+  }
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  EXPECT_TRUE(contains(message, (dir / "step-00000001.h5.tmp").string() + ": cannot write the checkpoint"))
+      << message;
+  EXPECT_TRUE(contains(message, "HDF5: ")) << message;
+  EXPECT_EQ(message.find_first_of("\n\r\t"), std::string::npos) << "not one line: " << message;
+  EXPECT_FALSE(fs::exists(dir / "latest"));
 }
 
 TEST(Checkpoint, FingerprintMismatchNamesWhatDiffers) {
