@@ -40,6 +40,10 @@ TrainState load_checkpoint(const std::filesystem::path& file);
 // of a file's bytes; combined as "model:<hex> data:<hex> config:<hex>" so a refusal can name the part.
 std::string fingerprint_model(const std::filesystem::path& model_dir);
 std::string fingerprint_file(const std::filesystem::path& file);
+// Of what turns text into tokens and back and where generation stops, in a model directory: tokenizer.json,
+// tokenizer_config.json, special_tokens_map.json and generation_config.json (each by name and bytes; absent
+// ones count as absent).
+std::string fingerprint_tokenizer(const std::filesystem::path& model_dir);
 std::string fingerprint_text(const std::string& text);
 
 }  // namespace slearn

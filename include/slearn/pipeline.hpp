@@ -18,6 +18,7 @@ struct PipelineOptions {
   bool force = false;          // run even if run_dir was started with another configuration, model or data set
   bool show_progress = true;
   std::optional<std::int64_t> inject_nan_at_step;  // testing aid: see TrainRunOptions
+  std::string config_path;     // the configuration file: never inside what --force clears
 };
 
 struct StageTime {

@@ -22,6 +22,9 @@ inline constexpr int kExitStopped = 75;
 // Installs the handlers for SIGTERM and SIGUSR1 (sigaction with SA_RESTART and without SA_RESETHAND, so a
 // second signal is recorded too instead of killing the process half way through saving).
 void install_stop_handlers();
+// Puts the default actions back, for commands that have no safe points to stop at (generate, tokenize,
+// merge): a signal that arrived while the handlers were installed is raised again, so it acts as it would have.
+void uninstall_stop_handlers();
 
 // Whether a stop was requested in this process (by a signal, or request_stop).
 bool stop_requested() noexcept;

@@ -51,6 +51,19 @@ struct TrainResult {
 // any other backend is an InputError naming it.
 std::unique_ptr<Backend> make_training_backend(std::string_view name);
 
+// The most optimizer steps a run may take: far beyond any real run, and small enough that every count derived
+// from it (steps x batch, the schedule's arithmetic) stays exact.
+inline constexpr std::int64_t kMaxTrainingSteps = 1'000'000'000;
+
+// The optimizer steps of a training on `examples` examples (max_steps, or epochs x steps per epoch). Throws
+// InputError naming the keys when the count is out of range (above kMaxTrainingSteps), so a product of huge
+// sizes is refused before anything runs instead of wrapping to nothing. `source` names the data in messages.
+std::int64_t training_steps(const TrainSettings& settings, std::int64_t examples, const std::string& source);
+// The same check, for a run whose examples are not known yet: at most `examples`.
+inline void check_training_steps(const TrainSettings& settings, std::int64_t examples, const std::string& source) {
+  (void)training_steps(settings, examples, source);
+}
+
 TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options);
 
 // Trains on prepared examples with a loaded model (the pipeline's entry point).

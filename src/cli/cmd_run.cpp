@@ -35,6 +35,7 @@ Command add_run_command(CLI::App& app) {
       check_on_all_ranks(*comm, [&] { config = load_run_config(o->config, o->overrides); });
       PipelineOptions options;
       options.force = o->force;
+      options.config_path = o->config;
       options.show_progress = !o->quiet;
       options.inject_nan_at_step = o->inject_nan_at_step;
       run_pipeline(config, *comm, options);

@@ -44,6 +44,17 @@ std::vector<TokenId> chat_prompt(const Tokenizer& tokenizer, ChatFormat format, 
   return tokenizer.encode(render_chat(format, messages, true));
 }
 
+// The judge's prompt for one record and its answer, in the judge model's chat format.
+std::vector<TokenId> judge_prompt(const Judge& judge, const DatasetRecord& record, const std::string& answer) {
+  const JudgeLanguage language = judge.settings.language == "zh"   ? JudgeLanguage::Chinese
+                                 : judge.settings.language == "en" ? JudgeLanguage::English
+                                                                   : detect_language(record.question);
+  const std::string& custom = language == JudgeLanguage::Chinese ? judge.settings.template_zh : judge.settings.template_en;
+  const std::string prompt =
+      render_judge_prompt(custom.empty() ? default_judge_template(language) : custom, record.question, record.answer, answer);
+  return chat_prompt(*judge.tokenizer, judge.format, "", prompt);
+}
+
 GenerationOptions generation_options(const AnswerSettings& a, const Tokenizer& tokenizer, ChatFormat format,
                                      const Model& model, std::int64_t max_new_tokens) {
   GenerationOptions options;
@@ -208,17 +219,8 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
     if (!for_model.empty() && !stop()) {
       if (judge.model == nullptr) throw Error("judge: records need a judge model but none is loaded");
       std::vector<std::vector<TokenId>> judge_prompts(records.size());
-      for (std::size_t i : for_model) {
-        const JudgeLanguage language = judge.settings.language == "zh"   ? JudgeLanguage::Chinese
-                                       : judge.settings.language == "en" ? JudgeLanguage::English
-                                                                         : detect_language(records[i].question);
-        const std::string& custom =
-            language == JudgeLanguage::Chinese ? judge.settings.template_zh : judge.settings.template_en;
-        const std::string prompt = render_judge_prompt(custom.empty() ? default_judge_template(language) : custom,
-                                                       records[i].question, records[i].answer,
-                                                       answers.at(records[i].id).at("answer").get<std::string>());
-        judge_prompts[i] = chat_prompt(*judge.tokenizer, judge.format, "", prompt);
-      }
+      for (std::size_t i : for_model)
+        judge_prompts[i] = judge_prompt(judge, records[i], answers.at(records[i].id).at("answer").get<std::string>());
       AnswerSettings greedy = config.answer;
       greedy.temperature = 0.0;
       const GenerationOptions options =
@@ -312,6 +314,27 @@ void check_prompt_lengths(const RunConfig& config, const Tokenizer& tokenizer, C
                      shortest_record->id + "\" at " + (data.json_array ? "array element " : "line ") +
                      std::to_string(shortest_record->line) + ", is " + std::to_string(shortest) +
                      " tokens in the chat format" + with + "); raise max_length");
+}
+
+void check_judge_prompt_lengths(const RunConfig& config, const Judge& judge, const DatasetSettings& settings,
+                                const Dataset& data) {
+  if (judge.model == nullptr || judge.tokenizer == nullptr) return;  // rule judge: no prompt
+  if (long_prompt_policy_from_name(config.answer.long_prompt) != LongPromptPolicy::Error) return;
+  const std::int64_t context = judge.model->config().context_length();
+  const std::int64_t answer_room = config.answer.max_new_tokens;
+  for (const auto& r : data.records) {
+    // The prompt with an empty answer, plus the longest answer the answer stage can write.
+    const auto length = static_cast<std::int64_t>(judge_prompt(judge, r, "").size());
+    if (length + answer_room < context) continue;
+    throw InputError(settings.path + (data.json_array ? ": array element " : ":") + std::to_string(r.line) +
+                     ": record \"" + r.id + "\": the judge prompt (judge.kind " + judge.settings.kind + ") is " +
+                     std::to_string(length) + " tokens before the answer; with an answer of up to " +
+                     "answer.max_new_tokens (" + std::to_string(answer_room) + ") tokens it would not fit the " +
+                     (judge.settings.kind == "model" ? "judge" : "answering") + " model's context of " +
+                     std::to_string(context) + " tokens; lower answer.max_new_tokens, shorten the record, use a "
+                     "judge model with a longer context (judge.kind: model, judge.model), a shorter judge template "
+                     "(judge.template_en, judge.template_zh), or judge.kind: rule");
+  }
 }
 
 }  // namespace slearn

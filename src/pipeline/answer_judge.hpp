@@ -48,6 +48,14 @@ std::vector<int> assign_by_prompt_length(const std::vector<std::int64_t>& prompt
 void check_prompt_lengths(const RunConfig& config, const Tokenizer& tokenizer, ChatFormat format, const Model& model,
                           const DatasetSettings& settings, const Dataset& data, bool for_training);
 
+// Checks, before a run starts, that every record's judge prompt (the template filled with its question and
+// reference, in the judge model's chat format) leaves room in the judge model's context for an answer of
+// answer.max_new_tokens tokens, with answer.long_prompt "error"; else InputError naming the record, both lengths
+// and the settings that would make it fit. Found only after the answer stage (and eval-before) otherwise.
+// A cascade judge is checked on every record: which ones its rule leaves to the model depends on the answers.
+void check_judge_prompt_lengths(const RunConfig& config, const Judge& judge, const DatasetSettings& settings,
+                                const Dataset& data);
+
 // Answers the records that `dir` has no answer for yet (this rank's share), judges those not yet judged,
 // gathers the incorrect ones on every rank, and has rank 0 merge answers.jsonl and judgements.jsonl.
 PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& model, const Tokenizer& tokenizer,

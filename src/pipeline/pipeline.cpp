@@ -1,9 +1,11 @@
 #include "slearn/pipeline.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include "pipeline/answer_judge.hpp"
@@ -19,6 +21,7 @@
 #include "slearn/threads.hpp"
 #include "slearn/trainer.hpp"
 #include "util/atomic_file.hpp"
+#include "util/run_dir.hpp"
 
 namespace slearn {
 
@@ -31,57 +34,131 @@ ChatFormat chat_format_for(const std::string& name, const Model& model, const To
   return name == "auto" ? default_chat_format(model.config().model_type, tokenizer) : chat_format_from_name(name);
 }
 
-// A run directory belongs to one configuration, model and data set: refuse another unless forced. Only reads
-// (it is one of the input checks); returns this run's fingerprint for claim_run_dir.
-std::string check_run_dir(const RunConfig& config, const PipelineOptions& options) {
-  const fs::path marker = fs::path(config.run_dir) / "run.json";
-  const std::string fingerprint = "model:" + fingerprint_model(config.model) + " data:" +
-                                  fingerprint_file(config.data.path) + " config:" + fingerprint_text(config.source_text);
-  if (fs::exists(marker) && !options.force) {
-    std::ifstream in(marker);
-    const auto json = nlohmann::json::parse(in, nullptr, false);
-    const std::string previous = json.is_object() ? json.value("fingerprint", "") : "";
-    if (previous != fingerprint) {
-      std::string what;
-      for (const char* part : {"model", "data", "config"}) {
-        auto piece = [&](const std::string& f) {
-          const auto at = f.find(std::string(part) + ":");
-          return at == std::string::npos ? std::string() : f.substr(at, f.find(' ', at) - at);
-        };
-        if (piece(previous) != piece(fingerprint)) what += std::string(what.empty() ? "" : ", ") + part;
-      }
-      throw InputError(config.run_dir + " was started with another " + (what.empty() ? "run" : what) +
-                       " (fingerprint differs); use a new run_dir or pass --force to start over");
-    }
-  }
-  return fingerprint;
+// The parts of a run's fingerprint, in the order a refusal names them: everything whose change would mix the
+// outputs of two different runs in one directory.
+std::vector<std::pair<std::string, std::string>> run_fingerprint_parts(const RunConfig& config, bool separate_judge) {
+  auto tokenizer_of = [](const std::string& dir) { return fingerprint_tokenizer(dir); };
+  return {{"model", fingerprint_model(config.model)},
+          {"tokenizer", tokenizer_of(config.model)},
+          {"data", fingerprint_file(config.data.path)},
+          {"eval", config.eval.data.path.empty() ? "-" : fingerprint_file(config.eval.data.path)},
+          {"judge", separate_judge ? fingerprint_model(config.judge.model) + "+" + tokenizer_of(config.judge.model)
+                                   : "-"},
+          {"config", fingerprint_text(config.source_text)}};
 }
 
-// Takes the run directory (emptying it first with --force): only once every input passed its checks, so a bad
-// input leaves a previous run's files as they were.
-void claim_run_dir(const RunConfig& config, Communicator& comm, const PipelineOptions& options,
-                   const std::string& fingerprint) {
-  const fs::path marker = fs::path(config.run_dir) / "run.json";
-  comm.barrier();
-  if (comm.rank() == 0) {
-    if (options.force && fs::exists(config.run_dir)) {
-      for (const auto& entry : fs::directory_iterator(config.run_dir)) fs::remove_all(entry.path());
+std::string join_fingerprint(const std::vector<std::pair<std::string, std::string>>& parts) {
+  std::string out;
+  for (const auto& [key, value] : parts) out += (out.empty() ? "" : " ") + key + ":" + value;
+  return out;
+}
+
+// What a run directory holds at its top level that a run wrote: the only names --force removes.
+bool is_run_output(const std::string& name) {
+  static const std::set<std::string> names = {
+      "run.json", "run_config.yaml", "train_config.yaml", "summary.json", "incorrect.jsonl", "answers.jsonl",
+      "judgements.jsonl", "metrics.jsonl", "adapter", "checkpoints", "eval-before", "eval-after", kStopMarker};
+  std::string base = name;
+  if (const auto tmp = name.find(".tmp."); tmp != std::string::npos && is_atomic_temporary(name)) base = name.substr(0, tmp);
+  if (names.count(base)) return true;
+  if (base.starts_with(".progress.")) return true;
+  if (base.starts_with("round-") && base.size() > 6 &&
+      std::all_of(base.begin() + 6, base.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return true;
+  for (const char* shard : {"answers.rank-", "judgements.rank-"})
+    if (base.starts_with(shard) && base.ends_with(".jsonl")) return true;
+  return false;
+}
+
+// A run directory belongs to one run: its configuration, model, tokenizer, data, evaluation data and judge.
+// Refuses another unless forced, and refuses anything that is not a run directory of ours (a non-empty one
+// without run.json, or with a run.json we cannot read): nothing in it is ours to resume into or delete. With
+// --force, also refuses a run_dir that is or holds one of the run's inputs. Only reads (an input check).
+void check_run_dir(const RunConfig& config, const PipelineOptions& options, const std::string& fingerprint) {
+  check_run_dir_usable(config.run_dir);
+  const fs::path dir(config.run_dir);
+  if (!fs::exists(dir)) return;
+  const fs::path marker = dir / "run.json";
+  if (options.force)
+    refuse_clearing_inputs(dir, {{"model directory", config.model}, {"judge model directory", config.judge.model},
+                                 {"data file", config.data.path}, {"evaluation data file", config.eval.data.path},
+                                 {"configuration file", options.config_path}},
+                           "--force");
+  if (!fs::exists(marker)) {
+    std::vector<std::string> foreign;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      const std::string name = entry.path().filename().string();
+      if (name != kRunLockName && !(is_atomic_temporary(name) && name.starts_with("run.json."))) foreign.push_back(name);
     }
-    fs::create_directories(config.run_dir);
-    // Temporaries of atomic writes cut short by a kill (files, and adapter directories): never complete,
-    // never read. Stop markers of a stopped run: this run has not been asked to stop.
+    if (!foreign.empty())
+      throw InputError(config.run_dir + " is not empty (it holds " + foreign.front() +
+                       (foreign.size() > 1 ? " and " + std::to_string(foreign.size() - 1) + " more" : "") +
+                       ") and has no run.json: it is not a run directory of slearn's, and nothing in it is touched; "
+                       "use a new or empty run_dir");
+    return;
+  }
+  std::ifstream in(marker);
+  const auto json = nlohmann::json::parse(in, nullptr, false);
+  if (!json.is_object() || !json.contains("fingerprint") || !json["fingerprint"].is_string())
+    throw InputError(marker.string() + ": unreadable (not a run.json written by slearn_dist): this run directory "
+                     "can be neither resumed nor cleared by --force; move it aside or use another run_dir");
+  const std::string previous = json["fingerprint"].get<std::string>();
+  if (options.force || previous == fingerprint) return;
+  auto piece = [](const std::string& f, const std::string& part) {
+    const auto at = (" " + f).find(" " + part + ":");
+    return at == std::string::npos ? std::string() : f.substr(at, f.find(' ', at) - at);
+  };
+  std::string what;
+  for (const char* part : {"model", "tokenizer", "data", "eval", "judge", "config"})
+    if (piece(previous, part) != piece(fingerprint, part)) what += std::string(what.empty() ? "" : ", ") + part;
+  throw InputError(config.run_dir + " was started with another " + (what.empty() ? "run" : what) +
+                   " (fingerprint differs); use a new run_dir or pass --force to start over");
+}
+
+// Takes the run directory: locks it (rank 0, for the run's life), checks it again under the lock, empties it of
+// a previous run's outputs with --force, and marks it as this run's. Only once every input passed its checks,
+// so a bad input leaves a previous run's files as they were. Collective; a failure is agreed by all ranks.
+std::optional<RunDirLock> claim_run_dir(const RunConfig& config, Communicator& comm, const PipelineOptions& options,
+                                        const std::string& fingerprint) {
+  const fs::path run_dir(config.run_dir);
+  const fs::path marker = run_dir / "run.json";
+  std::optional<RunDirLock> lock;
+  check_on_all_ranks(comm, [&] {
+    if (comm.rank() != 0) return;
+    lock.emplace(run_dir);
+    check_run_dir(config, options, fingerprint);  // again: another run may have taken it since the first look
     std::vector<fs::path> leftovers;
-    for (auto it = fs::recursive_directory_iterator(config.run_dir); it != fs::recursive_directory_iterator(); ++it) {
-      if (is_atomic_temporary(it->path()) || it->path().filename() == kStopMarker) {
-        leftovers.push_back(it->path());
-        if (it->is_directory()) it.disable_recursion_pending();
+    for (const auto& entry : fs::directory_iterator(run_dir)) {
+      const std::string name = entry.path().filename().string();
+      if (!is_run_output(name)) continue;  // never ours to remove, whatever --force says
+      if (options.force && name != "run.json") {
+        leftovers.push_back(entry.path());
+        continue;
+      }
+      // Temporaries of atomic writes cut short by a kill (files, and adapter directories): never complete,
+      // never read. Stop markers of a stopped run: this run has not been asked to stop.
+      if (is_atomic_temporary(entry.path()) || name == kStopMarker) {
+        leftovers.push_back(entry.path());
+      } else if (entry.is_directory()) {
+        // Checkpoint saves cut short leave <name>.tmp beside the checkpoints (see checkpoint.hpp).
+        auto leftover = [](const fs::path& path) {
+          return is_atomic_temporary(path) || path.filename() == kStopMarker ||
+                 (path.parent_path().filename() == "checkpoints" && path.extension() == ".tmp");
+        };
+        for (auto it = fs::recursive_directory_iterator(entry.path()); it != fs::recursive_directory_iterator(); ++it) {
+          if (leftover(it->path())) {
+            leftovers.push_back(it->path());
+            if (it->is_directory()) it.disable_recursion_pending();
+          }
+        }
       }
     }
     for (const auto& path : leftovers) fs::remove_all(path);
     write_file_atomically(marker, nlohmann::json{{"fingerprint", fingerprint}}.dump(2) + "\n");
-    write_file_atomically(fs::path(config.run_dir) / "run_config.yaml", config.source_text);
-  }
+    write_file_atomically(run_dir / "run_config.yaml", config.source_text);
+  });
   comm.barrier();
+  return lock;
 }
 
 std::string read_file_bytes(const fs::path& path) {
@@ -143,13 +220,18 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
   const bool separate_judge =
       config.judge.kind == "model" || (config.judge.kind == "cascade" && !config.judge.model.empty());
   std::string fingerprint;
+  Judge judge{config.judge, nullptr, nullptr, format};
   check_on_all_ranks(comm, [&] {
+    check_run_dir_usable(config.run_dir);  // first: a run_dir that cannot be used is the cheapest thing to find
     backend = make_training_backend(config.backend);  // the pipeline trains with the backend it answers with
     model_slot.emplace(Model::load(config.model, *backend));
     tokenizer_slot.emplace(Tokenizer::from_dir(config.model));
+    check_tokenizer_fits_vocab(*tokenizer_slot, model_slot->config().vocab_size, fs::path(config.model) / "tokenizer.json");
     format = chat_format_for(config.answer.chat_format, *model_slot, *tokenizer_slot);
     data_slot.emplace(load_dataset(config.data));
     check_prompt_lengths(config, *tokenizer_slot, format, *model_slot, config.data, *data_slot, true);
+    check_training_steps(config.train, static_cast<std::int64_t>(data_slot->records.size()) * config.rounds,
+                         config.data.path);
     if (!config.eval.data.path.empty()) {
       eval.emplace(load_dataset(config.eval.data));
       check_prompt_lengths(config, *tokenizer_slot, format, *model_slot, config.eval.data, *eval, false);
@@ -157,25 +239,29 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
     if (separate_judge) {
       judge_model.emplace(Model::load(config.judge.model, *backend));
       judge_tokenizer.emplace(Tokenizer::from_dir(config.judge.model));
+      check_tokenizer_fits_vocab(*judge_tokenizer, judge_model->config().vocab_size,
+                                 fs::path(config.judge.model) / "tokenizer.json");
     }
-    fingerprint = check_run_dir(config, options);
+    // The grading model: the answering model itself (self), another model (model, cascade with judge.model).
+    judge = Judge{config.judge, nullptr, nullptr, format};
+    if (config.judge.kind == "self" || (config.judge.kind == "cascade" && config.judge.model.empty())) {
+      judge.model = &*model_slot;
+      judge.tokenizer = &*tokenizer_slot;
+    } else if (separate_judge) {
+      judge.model = &*judge_model;
+      judge.tokenizer = &*judge_tokenizer;
+      judge.format = default_chat_format(judge_model->config().model_type, *judge_tokenizer);
+    }
+    check_judge_prompt_lengths(config, judge, config.data, *data_slot);
+    if (eval) check_judge_prompt_lengths(config, judge, config.eval.data, *eval);
+    fingerprint = join_fingerprint(run_fingerprint_parts(config, separate_judge));
+    check_run_dir(config, options, fingerprint);
   });
-  claim_run_dir(config, comm, options, fingerprint);
+  const std::optional<RunDirLock> lock = claim_run_dir(config, comm, options, fingerprint);  // held to the end
   const fs::path run_dir(config.run_dir);
   Model& model = *model_slot;
   const Tokenizer& tokenizer = *tokenizer_slot;
   const Dataset& data = *data_slot;
-
-  // The grading model: the answering model itself (self), another model (model, cascade with judge.model).
-  Judge judge{config.judge, nullptr, nullptr, format};
-  if (config.judge.kind == "self" || (config.judge.kind == "cascade" && config.judge.model.empty())) {
-    judge.model = &model;
-    judge.tokenizer = &tokenizer;
-  } else if (separate_judge) {
-    judge.model = &*judge_model;
-    judge.tokenizer = &*judge_tokenizer;
-    judge.format = default_chat_format(judge_model->config().model_type, *judge_tokenizer);
-  }
 
   PipelineSummary summary;
   summary.world_size = world;

@@ -161,7 +161,7 @@ const Fields<RunConfig>& fields() {
     t.push_back(field("rounds", &D::rounds, int_at_least(1),
                       "answer, judge and train this many times, each round on what is still incorrect"));
     train_sections::add_training_sections(t);
-    t.push_back(field("max_length", &D::max_length, int_at_least(2),
+    t.push_back(field("max_length", &D::max_length, yaml_schema::int_in_range(2, 1 << 24),
                       "longest training example in tokens; a longer one is cut on the right, and left out when no "
                       "answer token remains"));
     t.push_back(field("train_on_prompt", &D::train_on_prompt, std::nullopt,

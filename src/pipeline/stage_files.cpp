@@ -1,5 +1,7 @@
 #include "pipeline/stage_files.hpp"
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -23,6 +25,30 @@ std::vector<std::string> complete_lines(const fs::path& path, std::uintmax_t* co
   return lines;
 }
 
+// The fields a stage's records must have, and their types: a line that parses but lacks one (a damaged file)
+// is treated like a torn one, and its record redone, instead of failing later in a lookup.
+bool is_complete_record(const nlohmann::json& record, const std::string& name) {
+  using T = nlohmann::json::value_t;
+  static const std::map<std::string, std::vector<std::pair<std::string, T>>> required = {
+      {"answers",
+       {{"id", T::string}, {"question", T::string}, {"reference", T::string}, {"answer", T::string},
+        {"tokens", T::number_unsigned}, {"finish", T::string}}},
+      {"judgements", {{"id", T::string}, {"verdict", T::string}, {"incorrect", T::boolean}, {"rationale", T::string},
+                      {"judged_by", T::string}, {"parse_ok", T::boolean}}},
+  };
+  if (!record.is_object()) return false;
+  const auto fields = required.find(name);
+  const std::vector<std::pair<std::string, T>> id_only = {{"id", T::string}};
+  for (const auto& [key, type] : fields == required.end() ? id_only : fields->second) {
+    const auto it = record.find(key);
+    if (it == record.end()) return false;
+    // A count may come back as either integer type; nothing else stands in for one.
+    const bool integer_ok = type == T::number_unsigned && it->is_number_integer() && it->get<std::int64_t>() >= 0;
+    if (it->type() != type && !integer_ok) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 std::map<std::string, nlohmann::json> read_stage_shards(const fs::path& dir, const std::string& name) {
@@ -37,7 +63,7 @@ std::map<std::string, nlohmann::json> read_stage_shards(const fs::path& dir, con
   for (const auto& shard : shards) {
     for (const auto& line : complete_lines(shard, nullptr)) {
       nlohmann::json record = nlohmann::json::parse(line, nullptr, false);
-      if (record.is_discarded() || !record.contains("id")) continue;
+      if (record.is_discarded() || !is_complete_record(record, name)) continue;
       records.emplace(record["id"].get<std::string>(), std::move(record));
     }
   }
@@ -63,7 +89,7 @@ ShardWriter::~ShardWriter() {
 void ShardWriter::append(const nlohmann::json& record) {
   const std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0)
-    throw Error(path_.string() + ": write failed");
+    throw Error(path_.string() + ": write failed: " + std::strerror(errno));
 }
 
 std::vector<nlohmann::json> read_jsonl(const fs::path& path) {

@@ -16,7 +16,10 @@
 
 namespace slearn {
 
-// Every complete record of every rank's shard of `name` in `dir`, keyed by "id" (first occurrence wins).
+// Every complete record of every rank's shard of `name` in `dir`, keyed by "id" (first occurrence wins). A
+// line that does not parse, or lacks a field its stage writes ("answers": id, question, reference, answer,
+// tokens, finish; "judgements": id, incorrect, judged_by, parse_ok) or has it with another type, is not a
+// record: its record is done again.
 std::map<std::string, nlohmann::json> read_stage_shards(const std::filesystem::path& dir, const std::string& name);
 
 // This rank's shard, opened for appending after cutting a torn last line.

@@ -170,6 +170,22 @@ std::string fingerprint_file(const fs::path& file) {
   return hasher.hex();
 }
 
+std::string fingerprint_tokenizer(const fs::path& model_dir) {
+  Hasher hasher;
+  hasher.update(std::string("slearn-tokenizer-fingerprint-v1"));
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"}) {
+    const fs::path file = model_dir / name;
+    std::error_code ec;
+    const bool present = fs::exists(file, ec);
+    if (ec && ec != std::errc::no_such_file_or_directory)
+      throw InputError(file.string() + ": cannot read: " + ec.message());
+    hasher.field(name);
+    hasher.update_u64(present ? 1 : 0);
+    if (present) hash_contents(hasher, file);
+  }
+  return hasher.hex();
+}
+
 std::string fingerprint_text(const std::string& text) {
   return Hasher::to_hex(XXH3_128bits(text.data(), text.size()));
 }

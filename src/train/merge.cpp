@@ -19,8 +19,16 @@ namespace fs = std::filesystem;
 
 MergeResult merge_adapter(const fs::path& model_dir, const fs::path& adapter_dir, const fs::path& out_dir,
                           std::uint64_t max_shard_bytes) {
-  if (fs::exists(out_dir) && fs::equivalent(out_dir, model_dir))
+  std::error_code ec;
+  if (fs::exists(out_dir) && fs::equivalent(out_dir, model_dir, ec))
     throw InputError(out_dir.string() + ": the output directory must differ from the base model's");
+  // Weight files left in it from before would be loaded beside (or instead of) the merged ones, and anything
+  // else in it is not ours to overwrite: the output directory is new or empty.
+  if (fs::exists(out_dir, ec) && !fs::is_directory(out_dir, ec))
+    throw InputError(out_dir.string() + ": is a file; --out must be a new or empty directory");
+  if (fs::is_directory(out_dir, ec) && !fs::is_empty(out_dir, ec))
+    throw InputError(out_dir.string() + ": the output directory is not empty; merge writes into a new or empty "
+                     "directory (old weight files there would be loaded with the merged ones)");
   const ModelConfig config = load_model_config(model_dir);
   const WeightStore store = WeightStore::open(model_dir);
   auto backend = make_cpu_backend();

@@ -42,7 +42,7 @@ const Fields<DataSettings>& data_fields() {
       field("chat_format", &S::chat_format, one_of({"auto", "chatml", "llama2", "llama3"}),
             "prompt format; auto: by model (qwen2: chatml; llama: llama3 when the tokenizer has "
             "`<|start_header_id|>`, else llama2)"),
-      field("max_length", &S::max_length, yaml_schema::int_at_least(2),
+      field("max_length", &S::max_length, yaml_schema::int_in_range(2, 1 << 24),
             "longest example in tokens; a longer one is cut on the right, and left out when no answer token "
             "remains"),
       field("train_on_prompt", &S::train_on_prompt, std::nullopt,

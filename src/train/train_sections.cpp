@@ -46,10 +46,10 @@ const Fields<OptimizerSettings>& optimizer_fields() {
 const Fields<TrainSettings>& train_fields() {
   using S = TrainSettings;
   static const Fields<S> table = {
-      field("epochs", &S::epochs, yaml_schema::int_at_least(1), "passes over the data"),
-      field("global_batch_size", &S::global_batch_size, yaml_schema::int_at_least(1),
+      field("epochs", &S::epochs, yaml_schema::int_in_range(1, 1'000'000), "passes over the data"),
+      field("global_batch_size", &S::global_batch_size, yaml_schema::int_in_range(1, 1 << 30),
             "examples per optimizer step, over all ranks"),
-      field("micro_batch_size", &S::micro_batch_size, yaml_schema::int_at_least(1),
+      field("micro_batch_size", &S::micro_batch_size, yaml_schema::int_in_range(1, 1 << 30),
             "examples per forward/backward pass on one rank; gradients accumulate up to the global batch"),
       field("gradient_checkpointing", &S::gradient_checkpointing, std::nullopt,
             "recompute each layer's activations in the backward pass, to save memory"),

@@ -24,6 +24,7 @@
 #include "train/lora_graph.hpp"
 #include "train/optimizer.hpp"
 #include "util/atomic_file.hpp"
+#include "util/run_dir.hpp"
 
 namespace slearn {
 namespace {
@@ -81,22 +82,35 @@ void from_arrays(const std::vector<NamedArray>& arrays, const std::vector<std::s
 }
 
 // metrics.jsonl keeps the lines of steps <= `step` (those a resumed run will not redo), atomically. Returns
-// how many of the kept lines are skipped steps (nan_policy skip_step), so the count spans resumed runs.
-std::int64_t truncate_metrics(const fs::path& path, std::int64_t step) {
-  if (!fs::exists(path)) return 0;
+// how many of the kept lines are skipped steps (nan_policy skip_step), so the count spans resumed runs. Each
+// line is written (and flushed) before the checkpoint of its step, so the kept lines are steps 1..step, each
+// once; anything else is a damaged file that no resume can mend (those steps are not trained again): refused.
+std::int64_t truncate_metrics(const fs::path& path, std::int64_t step, const fs::path& checkpoint_dir) {
   std::ifstream in(path);
   std::ostringstream kept;
-  std::int64_t skipped = 0;
+  std::int64_t skipped = 0, expected = 1;
+  std::string problem;
   for (std::string line; std::getline(in, line);) {
-    try {
-      const nlohmann::json record = nlohmann::json::parse(line);
-      if (record.at("step").get<std::int64_t>() > step) continue;
-      kept << line << '\n';
-      skipped += record.value("skipped", false) ? 1 : 0;
-    } catch (const std::exception&) {
-      // a torn last line from a crash: dropped
+    nlohmann::json record = nlohmann::json::parse(line, nullptr, false);
+    const bool ok = record.is_object() && record.contains("step") && record["step"].is_number_integer();
+    if (!ok) {
+      if (in.peek() != std::char_traits<char>::eof() && problem.empty()) problem = "a line that is not a metrics record";
+      continue;  // a torn last line from a crash: dropped
     }
+    const auto at = record["step"].get<std::int64_t>();
+    if (at > step) continue;
+    if (at != expected && problem.empty()) problem = "step " + std::to_string(expected) + " missing or out of order";
+    expected = at + 1;
+    kept << line << '\n';
+    const auto skip = record.find("skipped");
+    skipped += skip != record.end() && skip->is_boolean() && skip->get<bool>() ? 1 : 0;
   }
+  if (problem.empty() && expected != step + 1)
+    problem = "it ends at step " + std::to_string(expected - 1) + " but the checkpoint is at step " + std::to_string(step);
+  if (!problem.empty())
+    throw InputError(path.string() + ": damaged (" + problem + "): the steps up to the checkpoint cannot be logged "
+                     "again without training them again; delete " + checkpoint_dir.string() +
+                     " to retrain from the start, or pass --force");
   write_file_atomically(path, kept.str());
   return skipped;
 }
@@ -143,9 +157,8 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   const bool leader = comm.rank() == 0;
   const auto& tc = config.train;
   // The tokenizer shapes the examples, so it counts as part of the model.
-  const fs::path tokenizer_file = fs::path(config.model) / "tokenizer.json";
-  const std::string model_fingerprint = fingerprint_text(
-      fingerprint_model(config.model) + (fs::exists(tokenizer_file) ? fingerprint_file(tokenizer_file) : ""));
+  const std::string model_fingerprint =
+      fingerprint_text(fingerprint_model(config.model) + fingerprint_tokenizer(config.model));
   const std::string fingerprint = "model:" + model_fingerprint + " data:" + data_fingerprint +
                                   " config:" + fingerprint_text(shaping_settings(config) + options.initial_adapter);
 
@@ -163,30 +176,34 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   LoraTrainingGraph graph(model, adapter, tc.gradient_checkpointing);
 
   const auto count = static_cast<std::int64_t>(examples.size());
-  const std::int64_t steps_per_epoch = (count + tc.global_batch_size - 1) / tc.global_batch_size;
-  const std::int64_t total_steps = tc.max_steps > 0 ? tc.max_steps : tc.epochs * steps_per_epoch;
+  const std::int64_t steps_per_epoch = count / tc.global_batch_size + (count % tc.global_batch_size != 0 ? 1 : 0);
+  const std::int64_t total_steps = training_steps(tc, count, config.run_dir);
 
   TrainResult result;
   result.total_steps = total_steps;
   std::int64_t step = 0;
   std::optional<TrainState> restored;
-  if (!options.force) restored = load_latest_checkpoint(checkpoint_dir, fingerprint);
-  if (restored) {
-    from_arrays(restored->adapter, keys, parameters, "adapter");
-    std::vector<Tensor*> m, v;
-    for (auto& t : optimizer.first_moments()) m.push_back(&t);
-    for (auto& t : optimizer.second_moments()) v.push_back(&t);
-    from_arrays(restored->adam_m, keys, m, "adam_m");
-    from_arrays(restored->adam_v, keys, v, "adam_v");
-    step = restored->step;
-    result.resumed_from = step;
-  }
-  if (leader) {
-    fs::create_directories(run_dir);
-    if (restored) result.skipped_steps = truncate_metrics(metrics_path, step);
-    else if (fs::exists(metrics_path)) fs::remove(metrics_path);
-    write_file_atomically(run_dir / "train_config.yaml", config.source_text);
-  }
+  // Every rank reads the same checkpoint and the leader the metrics: a damaged one is refused once, by all
+  // ranks together (one line for the job), never on some ranks only.
+  check_on_all_ranks(comm, [&] {
+    if (!options.force) restored = load_latest_checkpoint(checkpoint_dir, fingerprint);
+    if (restored) {
+      from_arrays(restored->adapter, keys, parameters, "adapter");
+      std::vector<Tensor*> m, v;
+      for (auto& t : optimizer.first_moments()) m.push_back(&t);
+      for (auto& t : optimizer.second_moments()) v.push_back(&t);
+      from_arrays(restored->adam_m, keys, m, "adam_m");
+      from_arrays(restored->adam_v, keys, v, "adam_v");
+      step = restored->step;
+      result.resumed_from = step;
+    }
+    if (leader) {
+      fs::create_directories(run_dir);
+      if (restored) result.skipped_steps = truncate_metrics(metrics_path, step, checkpoint_dir);
+      else if (fs::exists(metrics_path)) fs::remove(metrics_path);
+      write_file_atomically(run_dir / "train_config.yaml", config.source_text);
+    }
+  });
 
   auto save = [&](std::int64_t done) {
     // A checkpoint is what a resumed run trusts: one holding a NaN would poison every run after it. Every rank
@@ -370,6 +387,25 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   return result;
 }
 
+std::int64_t training_steps(const TrainSettings& settings, std::int64_t examples, const std::string& source) {
+  if (settings.global_batch_size < 1 || settings.epochs < 1 || examples < 0)
+    throw InputError(source + ": train.global_batch_size and train.epochs must be at least 1");
+  // Written so that nothing overflows: a quotient, then a product checked against the bound.
+  const std::int64_t per_epoch =
+      examples / settings.global_batch_size + (examples % settings.global_batch_size != 0 ? 1 : 0);
+  const std::int64_t steps = settings.max_steps > 0 ? settings.max_steps : std::int64_t{0};
+  if (steps > kMaxTrainingSteps)
+    throw InputError("train.max_steps " + std::to_string(steps) + " is out of range (at most " +
+                     std::to_string(kMaxTrainingSteps) + ")");
+  if (steps > 0) return steps;
+  if (per_epoch > 0 && settings.epochs > kMaxTrainingSteps / per_epoch)
+    throw InputError(source + ": train.epochs " + std::to_string(settings.epochs) + " x " + std::to_string(per_epoch) +
+                     " step(s) per epoch (" + std::to_string(examples) + " examples, train.global_batch_size " +
+                     std::to_string(settings.global_batch_size) + ") is out of range: at most " +
+                     std::to_string(kMaxTrainingSteps) + " optimizer steps");
+  return settings.epochs * per_epoch;
+}
+
 std::unique_ptr<Backend> make_training_backend(std::string_view name) {
   auto backend = make_backend(name == "auto" ? "cpu" : name);
   if (backend->name() != "cpu")
@@ -384,6 +420,7 @@ TrainResult train_lora(const TrainConfig& config, Communicator& comm, const Trai
   auto backend = make_training_backend(config.backend);
   Model model = Model::load(config.model, *backend);
   const Tokenizer tokenizer = Tokenizer::from_dir(config.model);
+  check_tokenizer_fits_vocab(tokenizer, model.config().vocab_size, fs::path(config.model) / "tokenizer.json");
   const ChatFormat format = config.data.chat_format == "auto"
                                 ? default_chat_format(model.config().model_type, tokenizer)
                                 : chat_format_from_name(config.data.chat_format);
@@ -396,6 +433,21 @@ TrainResult train_lora(const TrainConfig& config, Communicator& comm, const Trai
                  static_cast<long long>(stats.dropped_no_answer), static_cast<long long>(config.data.max_length),
                  static_cast<long long>(stats.tokens), static_cast<long long>(stats.learned_tokens));
   }
+  check_training_steps(config.train, static_cast<std::int64_t>(examples.size()), config.data.path);
+  // The run directory last, once every input passed: a bad input leaves it as it was. Only a directory of ours
+  // (it holds train_config.yaml) or a new or empty one is written into; one job at a time.
+  check_run_dir_usable(config.run_dir);
+  std::error_code ec;
+  if (fs::is_directory(config.run_dir, ec) && !fs::exists(fs::path(config.run_dir) / "train_config.yaml")) {
+    for (const auto& entry : fs::directory_iterator(config.run_dir)) {
+      const std::string name = entry.path().filename().string();
+      if (name == kRunLockName || (is_atomic_temporary(name) && name.starts_with("train_config.yaml."))) continue;
+      throw InputError(config.run_dir + " is not empty (it holds " + name + ") and has no train_config.yaml: it is "
+                       "not a training run directory of slearn's, and nothing in it is touched; use a new or empty "
+                       "run_dir");
+    }
+  }
+  const RunDirLock lock(config.run_dir);
   TrainResult result = train_lora_on_examples(model, examples, fingerprint_file(config.data.path), config, comm, options);
   result.examples = stats;
   return result;

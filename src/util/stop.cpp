@@ -1,6 +1,7 @@
 #include "slearn/stop.hpp"
 
 #include <atomic>
+#include <csignal>
 #include <cstring>
 #include <vector>
 
@@ -33,6 +34,19 @@ void install_stop_handlers() {
   for (int signal : {SIGTERM, SIGUSR1})
     if (sigaction(signal, &action, nullptr) != 0)
       throw Error("cannot install the handler for " + signal_name(signal) + ": " + std::strerror(errno));
+  // A launcher may start us with these blocked (the mask survives exec): we would never hear a preemption.
+  sigset_t ours;
+  sigemptyset(&ours);
+  sigaddset(&ours, SIGTERM);
+  sigaddset(&ours, SIGUSR1);
+  if (sigprocmask(SIG_UNBLOCK, &ours, nullptr) != 0)
+    throw Error(std::string("cannot unblock SIGTERM and SIGUSR1: ") + std::strerror(errno));
+}
+
+void uninstall_stop_handlers() {
+  for (int signal : {SIGTERM, SIGUSR1}) std::signal(signal, SIG_DFL);
+  // A request that came in while the handlers were up: what the signal would have done without them.
+  if (const int signal = which_signal(); signal > 0) std::raise(signal);
 }
 
 bool stop_requested() noexcept { return g_request.load(std::memory_order_relaxed) != 0; }

@@ -364,6 +364,37 @@ TEST(RunConfig, WrongTypesNameTheKeyLineAndValue) {
             "run.yaml: key \"threads\" (line 5) must be an integer or null, got \"many\"");
 }
 
+// YAML's "\0" escape puts a NUL into a string, which every path and C string would silently end at ("a\0b" is
+// "a"): refused, naming the key; the message shows the NUL escaped rather than printing it.
+TEST(RunConfig, NulInAStringIsRefused) {
+  EXPECT_EQ(parse_error("model: models/qwen\nrun_dir: \"a\\0b\"\ndata:\n  path: data/sft.jsonl\n"),
+            "run.yaml: key \"run_dir\" (line 2) must not contain a NUL character (\\0), got \"a\\0b\"");
+  EXPECT_EQ(parse_error(kMinimal + "answer:\n  system_prompt: \"be\\0 brief\"\n"),
+            "run.yaml: key \"answer.system_prompt\" (line 6) must not contain a NUL character (\\0), got "
+            "\"be\\0 brief\"");
+  EXPECT_EQ(parse_error(kMinimal + "lora:\n  target_modules: [q_proj, \"v\\0proj\"]\n"),
+            "run.yaml: key \"lora.target_modules\" (line 6) item 2: must not contain a NUL character (\\0), got "
+            "\"v\\0proj\"");
+  EXPECT_EQ(parse_error(kMinimal, {"data.path=\"d\\0.jsonl\""}),
+            "run.yaml: key \"data.path\" (--set data.path=\"d\\0.jsonl\") must not contain a NUL character (\\0), got "
+            "\"d\\0.jsonl\"");
+  // Other control characters are shown escaped too.
+  EXPECT_EQ(parse_error(kMinimal + "rounds: \"\\x01\"\n"),
+            "run.yaml: key \"rounds\" (line 5) must be an integer, got \"\\x01\" (quoted, so a string)");
+}
+
+// answer.temperature and answer.top_p: NaN and infinity (YAML's .nan, .inf) are refused like any value out of range.
+TEST(RunConfig, SamplingValuesMustBeFinite) {
+  for (const char* value : {".nan", ".NaN", "nan", ".inf", "-.inf", "inf", "1e999"}) {
+    const std::string message = parse_error(kMinimal + "answer:\n  temperature: " + value + "\n");
+    EXPECT_EQ(message.rfind("run.yaml: key \"answer.temperature\" (line 6) must be a finite number, got ", 0), 0u)
+        << value << ": " << message;
+    const std::string top_p = parse_error(kMinimal, {std::string("answer.top_p=") + value});
+    EXPECT_EQ(top_p.rfind("run.yaml: key \"answer.top_p\" (--set answer.top_p=", 0), 0u) << value << ": " << top_p;
+    EXPECT_NE(top_p.find("must be a finite number"), std::string::npos) << value << ": " << top_p;
+  }
+}
+
 struct RangeCase {
   std::string override_text;
   std::string message;  // after "run.yaml: key "
@@ -373,7 +404,7 @@ TEST(RunConfig, ValuesOutOfRange) {
   const std::vector<RangeCase> cases = {
       {"rounds=0", "\"rounds\" (--set rounds=0) must be >= 1, got 0"},
       {"train_on=wrong", "\"train_on\" (--set train_on=wrong) must be one of incorrect, all, got \"wrong\""},
-      {"max_length=1", "\"max_length\" (--set max_length=1) must be >= 2, got 1"},
+      {"max_length=1", "\"max_length\" (--set max_length=1) must be between 2 and 16777216, got 1"},
       {"log_every_seconds=0", "\"log_every_seconds\" (--set log_every_seconds=0) must be >= 1, got 0"},
       {"backend=tpu", "\"backend\" (--set backend=tpu) must be one of auto, cpu, cuda, got \"tpu\""},
       {"threads=0", "\"threads\" (--set threads=0) must be between 1 and 2147483647, got 0"},
@@ -411,7 +442,7 @@ TEST(RunConfig, ValuesOutOfRange) {
       {"lora.r=0", "\"lora.r\" (--set lora.r=0) must be >= 1, got 0"},
       {"optimizer.lr_schedule=step", "\"optimizer.lr_schedule\" (--set optimizer.lr_schedule=step) must be one of "
                                      "cosine, linear, constant, got \"step\""},
-      {"train.micro_batch_size=0", "\"train.micro_batch_size\" (--set train.micro_batch_size=0) must be >= 1, got 0"},
+      {"train.micro_batch_size=0", "\"train.micro_batch_size\" (--set train.micro_batch_size=0) must be between 1 and 1073741824, got 0"},
       {"checkpoint.keep_last=0", "\"checkpoint.keep_last\" (--set checkpoint.keep_last=0) must be >= 1, got 0"},
   };
   for (const RangeCase& c : cases) EXPECT_EQ(parse_error(kMinimal, {c.override_text}), "run.yaml: key " + c.message);
@@ -674,6 +705,10 @@ TEST(RunConfig, LoadsFiles) {
             (dir / "missing.yaml").string() + ": cannot read the configuration file (no such file)");
   EXPECT_EQ(error_of([&] { load_run_config(dir); }),
             dir.string() + ": cannot read the configuration file (not a regular file)");
+  std::filesystem::create_symlink(dir / "loop.yaml", dir / "loop.yaml");
+  EXPECT_EQ(error_of([&] { load_run_config(dir / "loop.yaml"); }),
+            (dir / "loop.yaml").string() +
+                ": cannot read the configuration file (a symlink loop: too many levels of symbolic links)");
   std::filesystem::remove_all(dir);
 }
 

@@ -303,12 +303,12 @@ TEST(TrainConfig, ValuesOutOfRange) {
                                    "got 1"},
       {"optimizer.warmup_steps=-2", "\"optimizer.warmup_steps\" (--set optimizer.warmup_steps=-2) must be -1 or "
                                     ">= 0, got -2"},
-      {"train.epochs=0", "\"train.epochs\" (--set train.epochs=0) must be >= 1, got 0"},
-      {"train.global_batch_size=0", "\"train.global_batch_size\" (--set train.global_batch_size=0) must be >= 1, got 0"},
-      {"train.micro_batch_size=-4", "\"train.micro_batch_size\" (--set train.micro_batch_size=-4) must be >= 1, got -4"},
+      {"train.epochs=0", "\"train.epochs\" (--set train.epochs=0) must be between 1 and 1000000, got 0"},
+      {"train.global_batch_size=0", "\"train.global_batch_size\" (--set train.global_batch_size=0) must be between 1 and 1073741824, got 0"},
+      {"train.micro_batch_size=-4", "\"train.micro_batch_size\" (--set train.micro_batch_size=-4) must be between 1 and 1073741824, got -4"},
       {"train.seed=-1", "\"train.seed\" (--set train.seed=-1) must be >= 0, got -1"},
       {"train.max_steps=0", "\"train.max_steps\" (--set train.max_steps=0) must be -1 or >= 1, got 0"},
-      {"data.max_length=1", "\"data.max_length\" (--set data.max_length=1) must be >= 2, got 1"},
+      {"data.max_length=1", "\"data.max_length\" (--set data.max_length=1) must be between 2 and 16777216, got 1"},
       {"data.chat_format=vicuna", "\"data.chat_format\" (--set data.chat_format=vicuna) must be one of auto, chatml, "
                                   "llama2, llama3, got \"vicuna\""},
       {"backend=tpu", "\"backend\" (--set backend=tpu) must be one of auto, cpu, cuda, got \"tpu\""},
