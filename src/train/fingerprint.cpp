@@ -83,7 +83,9 @@ std::uint64_t size_of(const fs::path& file) {
 
 std::ifstream open_input(const fs::path& file) {
   std::error_code ec;
-  if (!fs::exists(file, ec)) throw InputError(file.string() + ": file not found");
+  const bool present = fs::exists(file, ec);
+  if (ec == std::errc::too_many_symbolic_link_levels) throw InputError(file.string() + ": a symbolic link loop, not a file");
+  if (!present) throw InputError(file.string() + ": file not found");
   if (fs::is_directory(file, ec)) throw InputError(file.string() + ": is a directory, expected a file");
   std::ifstream in(file, std::ios::binary);
   if (!in) throw Error(file.string() + ": cannot open: " + std::strerror(errno));

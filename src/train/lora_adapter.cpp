@@ -154,7 +154,11 @@ LoraAdapter LoraAdapter::load(const std::filesystem::path& dir, const ModelConfi
     if (auto* v = get(key); v && !v->empty()) fail(std::string("\"") + key + "\" is not supported");
 
   const auto weights_path = dir / "adapter_model.safetensors";
-  if (!std::filesystem::exists(weights_path))
+  std::error_code ec;
+  const bool present = std::filesystem::exists(weights_path, ec);
+  if (ec == std::errc::too_many_symbolic_link_levels)
+    throw InputError(weights_path.string() + ": a symbolic link loop, not a file");
+  if (!present)
     throw InputError(weights_path.string() + ": missing (adapter_model.bin is not read: convert it to safetensors)");
   auto file = SafetensorsFile::open(weights_path);
   LoraAdapter adapter;

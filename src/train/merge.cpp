@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 MergeResult merge_adapter(const fs::path& model_dir, const fs::path& adapter_dir, const fs::path& out_dir,
                           std::uint64_t max_shard_bytes) {
   std::error_code ec;
-  if (fs::exists(out_dir) && fs::equivalent(out_dir, model_dir, ec))
+  if (fs::exists(out_dir, ec) && fs::equivalent(out_dir, model_dir, ec))
     throw InputError(out_dir.string() + ": the output directory must differ from the base model's");
   // Weight files left in it from before would be loaded beside (or instead of) the merged ones, and anything
   // else in it is not ours to overwrite: the output directory is new or empty.
