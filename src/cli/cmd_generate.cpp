@@ -229,7 +229,9 @@ Command add_generate_command(CLI::App& app) {
   sub->add_flag("--chat", o->chat, "Wrap each prompt in the model's chat format with the generation prompt");
   sub->add_option("--chat-format", o->chat_format, "Override the chat format: chatml, llama2 or llama3");
   sub->add_option("--system", o->system, "System prompt (with --chat)");
-  sub->add_option("--max-new-tokens", o->max_new_tokens, "Most tokens to generate per prompt")->capture_default_str();
+  sub->add_option("--max-new-tokens", o->max_new_tokens, "Most tokens to generate per prompt")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 24))  // sums with prompt lengths stay exact
+      ->capture_default_str();
   sub->add_option("--temperature", o->temperature, "Sampling temperature; 0 is greedy")->capture_default_str();
   sub->add_option("--top-p", o->top_p, "Nucleus sampling threshold")->capture_default_str();
   sub->add_option("--top-k", o->top_k, "Keep the k most likely tokens; 0 keeps all")->capture_default_str();

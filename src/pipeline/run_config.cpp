@@ -76,7 +76,7 @@ Fields<AnswerSettings> answer_fields() {
   using yaml_schema::int_at_least;
   using yaml_schema::one_of;
   return {
-      field("max_new_tokens", &S::max_new_tokens, int_at_least(1), "longest answer in tokens"),
+      field("max_new_tokens", &S::max_new_tokens, yaml_schema::int_in_range(1, 1 << 24), "longest answer in tokens"),
       field("temperature", &S::temperature, yaml_schema::float_at_least(0.0),
             "sampling temperature; 0: greedy (the most likely token)"),
       field("top_p", &S::top_p, probability_above_zero(), "nucleus sampling threshold; 1: off"),
@@ -113,7 +113,7 @@ Fields<JudgeSettings> judge_fields() {
             "Chinese judge prompt with {question}, {reference} and {answer}; empty: the built-in one"),
       field("model", &S::model, std::nullopt,
             "judge model directory; required for kind model, used by cascade when set (else the model itself)"),
-      field("max_new_tokens", &S::max_new_tokens, yaml_schema::int_at_least(1), "longest judge reply in tokens"),
+      field("max_new_tokens", &S::max_new_tokens, yaml_schema::int_in_range(1, 1 << 24), "longest judge reply in tokens"),
   };
 }
 

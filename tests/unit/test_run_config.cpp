@@ -417,7 +417,7 @@ TEST(RunConfig, ValuesOutOfRange) {
                                    "got -5"},
       {"eval.data.format=xml", "\"eval.data.format\" (--set eval.data.format=xml) must be one of auto, qa, alpaca, "
                                "sharegpt, got \"xml\""},
-      {"answer.max_new_tokens=0", "\"answer.max_new_tokens\" (--set answer.max_new_tokens=0) must be >= 1, got 0"},
+      {"answer.max_new_tokens=0", "\"answer.max_new_tokens\" (--set answer.max_new_tokens=0) must be between 1 and 16777216, got 0"},
       {"answer.temperature=-0.5", "\"answer.temperature\" (--set answer.temperature=-0.5) must be >= 0, got -0.5"},
       {"answer.top_p=0", "\"answer.top_p\" (--set answer.top_p=0) must be in (0, 1], got 0"},
       {"answer.top_p=1.01", "\"answer.top_p\" (--set answer.top_p=1.01) must be in (0, 1], got 1.01"},
@@ -438,7 +438,7 @@ TEST(RunConfig, ValuesOutOfRange) {
       {"judge.numeric_tolerance=-1e-3", "\"judge.numeric_tolerance\" (--set judge.numeric_tolerance=-1e-3) must be "
                                         ">= 0, got -1e-3"},
       {"judge.language=fr", "\"judge.language\" (--set judge.language=fr) must be one of auto, en, zh, got \"fr\""},
-      {"judge.max_new_tokens=0", "\"judge.max_new_tokens\" (--set judge.max_new_tokens=0) must be >= 1, got 0"},
+      {"judge.max_new_tokens=0", "\"judge.max_new_tokens\" (--set judge.max_new_tokens=0) must be between 1 and 16777216, got 0"},
       {"lora.r=0", "\"lora.r\" (--set lora.r=0) must be >= 1, got 0"},
       {"optimizer.lr_schedule=step", "\"optimizer.lr_schedule\" (--set optimizer.lr_schedule=step) must be one of "
                                      "cosine, linear, constant, got \"step\""},
