@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-from clitest import BINARY, FIXTURES, ROOT, check, finish
+from clitest import BINARY, FIXTURES, ROOT, check, check_doc_section, error_table, finish
 
 MODEL = os.path.join(FIXTURES, "models", "qwen2-gqa-tied")
 DATA = os.path.join(FIXTURES, "data", "medquad-tiny.jsonl")
@@ -324,32 +324,7 @@ else:
 
 
 # ---- docs/failures.md holds these messages ----
-def escape(cell):
-    return cell.replace("|", "\\|")
-
-
-def table():
-    rows = ["| input | case | message (after `slearn_dist: error: `) | exit |", "| --- | --- | --- | --- |"]
-    for group, name, *_ in CASES:
-        message = messages.get(name, ("", "?"))[1]
-        rows.append(f"| {group} | {escape(name)} | `{escape(message)}` | 2 |")
-    return "\n".join(rows) + "\n"
-
-
-BEGIN, END = "<!-- BEGIN bad_input_catalogue -->\n", "<!-- END bad_input_catalogue -->"
-doc = read_text(DOC) if os.path.exists(DOC) else ""
-check(BEGIN in doc and END in doc, "docs/failures.md has the catalogue markers")
-if BEGIN in doc and END in doc:
-    head, rest = doc.split(BEGIN, 1)
-    current, tail = rest.split(END, 1)
-    wanted = table()
-    if current != wanted and os.environ.get("SLEARN_UPDATE_DOCS"):
-        write(DOC, head + BEGIN + wanted + END + tail)
-        print("docs/failures.md: catalogue rewritten", file=sys.stderr)
-    else:
-        check(current == wanted, "docs/failures.md's catalogue is current (run with SLEARN_UPDATE_DOCS=1 to "
-                                 "rewrite it); differing rows:\n" +
-              "\n".join(sorted(set(wanted.splitlines()) ^ set(current.splitlines()))))
+check_doc_section(DOC, "bad_input_catalogue", error_table(CASES, messages))
 
 shutil.rmtree(work)
 finish()

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 
-from clitest import BINARY, FIXTURES, ROOT, check, finish
+from clitest import BINARY, FIXTURES, ROOT, check, check_doc_section, error_table, finish
 
 MODEL = os.path.join(FIXTURES, "models", "qwen2-gqa-tied")
 DATA = os.path.join(FIXTURES, "data", "medquad-tiny.jsonl")
@@ -232,32 +232,7 @@ check(code == 0, f"an empty merges list is valid (stderr: {err.strip()[-600:]})"
 
 
 # ---- docs/failures.md holds these messages ----
-def escape(cell):
-    return cell.replace("|", "\\|")
-
-
-def table():
-    rows = ["| input | case | message (after `slearn_dist: error: `) | exit |", "| --- | --- | --- | --- |"]
-    for group, name, *_ in CASES:
-        message = messages.get(name, ("", "?"))[1]
-        rows.append(f"| {group} | {escape(name)} | `{escape(message)}` | 2 |")
-    return "\n".join(rows) + "\n"
-
-
-BEGIN, END = "<!-- BEGIN bad_input_more -->\n", "<!-- END bad_input_more -->"
-doc = read_text(DOC) if os.path.exists(DOC) else ""
-check(BEGIN in doc and END in doc, "docs/failures.md has the bad_input_more markers")
-if BEGIN in doc and END in doc:
-    head, rest = doc.split(BEGIN, 1)
-    current, tail = rest.split(END, 1)
-    wanted = table()
-    if current != wanted and os.environ.get("SLEARN_UPDATE_DOCS"):
-        write(DOC, head + BEGIN + wanted + END + tail)
-        print("docs/failures.md: bad_input_more table rewritten")
-    else:
-        check(current == wanted, "docs/failures.md's bad_input_more table is current (run with SLEARN_UPDATE_DOCS=1 "
-                                 "to rewrite it); differing rows:\n" +
-              "\n".join(sorted(set(wanted.splitlines()) ^ set(current.splitlines()))))
+check_doc_section(DOC, "bad_input_more", error_table(CASES, messages))
 
 shutil.rmtree(work)
 finish()

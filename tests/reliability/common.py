@@ -35,28 +35,15 @@ DEMO_SETTINGS = ["--set", f"model={os.path.join(ROOT, 'demo', 'model')}",
                  "--set", "checkpoint.every_steps=2", "--set", "checkpoint.keep_last=2",
                  "--set", "answer.batch_size=8", "--quiet"]
 
-_failures = []
-_passed = 0
 T0 = time.time()
-
-
-def check(condition, what):
-    global _passed
-    if condition:
-        _passed += 1
-    else:
-        _failures.append(what)
-        print("FAIL:", what, file=sys.stderr, flush=True)
-    return condition
-
-
-def failures():
-    return list(_failures)
+sys.path.insert(0, os.path.join(ROOT, "tests", "cli"))
+from clitest import check, failures  # noqa: E402,F401  (one pass/fail tally for every test script)
+import clitest  # noqa: E402
 
 
 def finish():
-    print(f"{_passed} passed, {len(_failures)} failed (in {time.time() - T0:.1f} s)", flush=True)
-    sys.exit(1 if _failures else 0)
+    print(f"{clitest._passed} passed, {len(clitest._failures)} failed (in {time.time() - T0:.1f} s)", flush=True)
+    sys.exit(1 if clitest._failures else 0)
 
 
 def progress(what):
