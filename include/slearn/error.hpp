@@ -6,6 +6,7 @@
 #include <source_location>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace slearn {
 
@@ -33,6 +34,25 @@ class InputError : public Error {
 inline void require(bool condition, const std::string& message,
                     std::source_location where = std::source_location::current()) {
   if (!condition) throw InputError(message, where);
+}
+
+// `text` on one line: each run of control characters (newlines, tabs, ...) becomes one space, none at the ends.
+// An error is one line on stderr and in a job log, whatever a library put in its text (HDF5's details can
+// hold a newline, e.g. a ctime() string on a failed write).
+inline std::string one_line(std::string_view text) {
+  std::string line;
+  bool gap = false;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) {
+      gap = true;
+      continue;
+    }
+    if (gap && !line.empty()) line += ' ';
+    gap = false;
+    line += c;
+  }
+  return line;
 }
 
 }  // namespace slearn

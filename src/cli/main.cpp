@@ -17,23 +17,6 @@ namespace {
 
 std::optional<slearn::MpiSession> g_mpi;
 
-// An error is one line, whatever its text holds (a library's message can carry newlines, e.g. HDF5's on a
-// full disk): a job log or mpirun shows it whole, and a script can take the last line as the cause.
-std::string one_line(std::string text) {
-  std::string out;
-  bool in_space = false;
-  for (char c : text) {
-    const bool space = c == '\n' || c == '\r' || c == '\t';
-    if (space) {
-      if (!in_space && !out.empty()) out += ' ';
-    } else {
-      out += c;
-    }
-    in_space = space;
-  }
-  while (!out.empty() && out.back() == ' ') out.pop_back();
-  return out;
-}
 
 // Runs the parsed command and turns what it throws into one line and an exit code.
 int run_command(const std::map<CLI::App*, slearn::cli::Command>& commands, bool verbose_errors) {
@@ -47,22 +30,22 @@ int run_command(const std::map<CLI::App*, slearn::cli::Command>& commands, bool 
     // output still in flight from the others, which lost the reporter's line when a silent rank was quicker.
     // The job's exit code (mpirun's, srun's, Slurm's) is then the reporter's.
     if (!e.report()) return 0;
-    std::cerr << "slearn_dist: " << one_line(e.what()) << std::endl;
+    std::cerr << "slearn_dist: " << slearn::one_line(e.what()) << std::endl;
     return slearn::kExitStopped;
   } catch (const slearn::ReportedByAnotherRank&) {
     return 0;  // a failure every rank saw alike: the reporting rank prints it and gives the job its exit code
   } catch (const slearn::InputError& e) {
-    std::cerr << "slearn_dist: error: " << one_line(e.what());
+    std::cerr << "slearn_dist: error: " << slearn::one_line(e.what());
     if (verbose_errors) std::cerr << " [" << e.source_file() << ":" << e.source_line() << "]";
     std::cerr << std::endl;
     return 2;
   } catch (const slearn::Error& e) {
-    std::cerr << "slearn_dist: error: " << one_line(e.what());
+    std::cerr << "slearn_dist: error: " << slearn::one_line(e.what());
     if (verbose_errors) std::cerr << " [" << e.source_file() << ":" << e.source_line() << "]";
     std::cerr << std::endl;
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "slearn_dist: internal error: " << one_line(e.what()) << std::endl;
+    std::cerr << "slearn_dist: internal error: " << slearn::one_line(e.what()) << std::endl;
     return 1;
   }
 }
@@ -80,7 +63,7 @@ int main(int argc, char** argv) {
   try {
     slearn::install_stop_handlers();
   } catch (const std::exception& e) {
-    std::cerr << "slearn_dist: error: " << one_line(e.what()) << std::endl;
+    std::cerr << "slearn_dist: error: " << slearn::one_line(e.what()) << std::endl;
     return 1;
   }
   CLI::App app{"slearn_dist: self-learning fine-tuning of chat models (SLearnLLM) on HPC clusters"};

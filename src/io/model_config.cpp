@@ -11,6 +11,7 @@
 
 #include "io/io_util.hpp"
 #include "slearn/error.hpp"
+#include "util/symlink_loop.hpp"
 
 namespace slearn {
 
@@ -169,21 +170,6 @@ std::string read_text(const std::filesystem::path& path) {
   text << in.rdbuf();
   if (in.bad()) throw InputError(path.string() + ": cannot read");
   return text.str();
-}
-
-// stat() fails with ELOOP when the symbolic links on the way to `path` go round in a circle; exists() then says
-// false, and "not found" would send the user looking for a file that seems to be there. Names the model
-// directory when the loop is the directory itself, else the file.
-void refuse_symlink_loop(const std::filesystem::path& model_dir, const std::filesystem::path& path,
-                         const std::error_code& ec, const char* expected) {
-  if (ec != std::errc::too_many_symbolic_link_levels) return;
-  std::error_code dir_ec;
-  (void)std::filesystem::status(model_dir, dir_ec);
-  if (dir_ec == std::errc::too_many_symbolic_link_levels)
-    throw InputError(model_dir.string() + ": a symlink loop (too many levels of symbolic links) where the model "
-                                          "directory was expected");
-  throw InputError(path.string() + ": a symlink loop (too many levels of symbolic links) where " + expected +
-                   " was expected");
 }
 
 json parse_object(const std::string& text, const std::string& source) {
@@ -399,7 +385,7 @@ ModelConfig load_model_config(const std::filesystem::path& model_dir) {
   const auto path = model_dir / "config.json";
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
-    refuse_symlink_loop(model_dir, path, ec, "config.json");
+    refuse_symlink_loop(path, ec, "config.json", model_dir, "the model directory");
     throw InputError(path.string() + ": not found (a Hugging Face model directory holds a config.json)");
   }
   return parse_model_config(read_text(path), path.string());
@@ -409,7 +395,7 @@ GenerationDefaults load_generation_defaults(const std::filesystem::path& model_d
   const auto path = model_dir / "generation_config.json";
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
-    refuse_symlink_loop(model_dir, path, ec, "generation_config.json");  // optional, but not unreachable
+    refuse_symlink_loop(path, ec, "generation_config.json", model_dir, "the model directory");  // optional, but not unreachable
     return {};
   }
   const json root = parse_object(read_text(path), path.string());

@@ -5,6 +5,7 @@
 
 #include "io/io_util.hpp"
 #include "slearn/error.hpp"
+#include "util/symlink_loop.hpp"
 #include "slearn/safetensors.hpp"
 
 namespace slearn {
@@ -33,13 +34,6 @@ json read_index(const std::filesystem::path& index_path) {
   } catch (const json::exception& e) {
     fail(index_path, "not valid JSON (" + io_detail::json_error_text(e) + ")");
   }
-}
-
-// stat() fails with ELOOP when the symbolic links on the way to `path` go round in a circle; exists() then says
-// false, and "does not exist" would send the user looking for a file that seems to be there.
-void refuse_symlink_loop(const std::filesystem::path& path, const std::error_code& ec, const std::string& expected) {
-  if (ec == std::errc::too_many_symbolic_link_levels)
-    fail(path, "a symlink loop (too many levels of symbolic links) where " + expected + " was expected");
 }
 
 // A shard must be a plain relative path inside the model directory.

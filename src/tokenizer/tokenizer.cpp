@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "slearn/error.hpp"
+#include "util/symlink_loop.hpp"
 #include "tokenizer/tokenizer_impl.hpp"
 #include "tokenizer/unicode.hpp"
 
@@ -30,21 +31,6 @@ std::string read_file(const std::filesystem::path& path) {
   buffer << in.rdbuf();
   if (in.bad()) throw InputError(path.string() + ": cannot read the file");
   return buffer.str();
-}
-
-// A path that stat() cannot resolve because its symbolic links go round in a circle (ELOOP) is reported as
-// such, naming the directory when the loop is the directory itself: "no such file" would send the user looking
-// for a file that seems to be there.
-void refuse_symlink_loop(const std::filesystem::path& dir, const std::filesystem::path& path,
-                         const std::error_code& error, const char* expected) {
-  if (error != std::errc::too_many_symbolic_link_levels) return;
-  std::error_code dir_error;
-  (void)std::filesystem::status(dir, dir_error);
-  if (dir_error == std::errc::too_many_symbolic_link_levels)
-    throw InputError(dir.string() + ": a symlink loop (too many levels of symbolic links) where a directory was "
-                                    "expected");
-  throw InputError(path.string() + ": a symlink loop (too many levels of symbolic links) where " + expected +
-                   " was expected");
 }
 
 // Feeds pre-tokens to the BPE model.
@@ -74,13 +60,13 @@ Tokenizer Tokenizer::from_dir(const std::filesystem::path& dir) {
   // which is no InputError and would not name the file the way the user knows it.
   std::error_code error;
   if (!std::filesystem::is_regular_file(tokenizer_path, error)) {
-    refuse_symlink_loop(dir, tokenizer_path, error, "tokenizer.json");
+    refuse_symlink_loop(tokenizer_path, error, "tokenizer.json", dir);
     throw InputError(tokenizer_path.string() + ": no such file (a Hugging Face tokenizer.json is needed)");
   }
   const std::string tokenizer_json = read_file(tokenizer_path);
   // tokenizer_config.json is optional, but one that cannot be reached is not the same as none.
   const bool has_config = std::filesystem::is_regular_file(config_path, error);
-  if (!has_config) refuse_symlink_loop(dir, config_path, error, "tokenizer_config.json");
+  if (!has_config) refuse_symlink_loop(config_path, error, "tokenizer_config.json", dir);
   const std::string config_json = has_config ? read_file(config_path) : "";
   return from_json(tokenizer_json, config_json, dir.string());
 }

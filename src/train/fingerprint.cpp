@@ -1,8 +1,6 @@
 // Fingerprints for checkpoints: xxh3-128 (hex) of a model directory's identity, of a file's bytes and of a
 // string. A model is identified by config.json and, for every safetensors file, its name, size and header:
 // cheap even for very large models, since the tensor data itself is never read.
-#include <xxhash.h>
-
 #include <algorithm>
 #include <array>
 #include <cerrno>
@@ -15,6 +13,8 @@
 
 #include "slearn/checkpoint.hpp"
 #include "slearn/error.hpp"
+#include "util/symlink_loop.hpp"
+#include "util/xxh3_stream.hpp"
 
 namespace slearn {
 
@@ -26,36 +26,17 @@ namespace fs = std::filesystem;
 constexpr std::uint64_t kMaxSafetensorsHeader = 100'000'000;
 constexpr std::size_t kChunk = 1 << 20;
 
-// Owns an XXH3 streaming state.
-class Hasher {
+// XXH3-128 with length-prefixed fields and a hex digest.
+class Hasher : public Xxh3Stream {
  public:
-  Hasher() : state_(XXH3_createState()) {
-    if (state_ == nullptr) throw Error("fingerprint: cannot allocate the hash state");
-    if (XXH3_128bits_reset(state_) != XXH_OK) {
-      XXH3_freeState(state_);
-      throw Error("fingerprint: cannot initialise the hash state");
-    }
-  }
-  ~Hasher() { XXH3_freeState(state_); }
-  Hasher(const Hasher&) = delete;
-  Hasher& operator=(const Hasher&) = delete;
-
-  void update(const void* data, std::size_t size) {
-    if (size == 0) return;
-    if (XXH3_128bits_update(state_, data, size) != XXH_OK) throw Error("fingerprint: hash update failed");
-  }
-  void update(const std::string& text) { update(text.data(), text.size()); }
+  Hasher() : Xxh3Stream(Width::Bits128) {}
+  using Xxh3Stream::update;
   // A length-prefixed field, so that concatenations of different fields cannot collide.
   void field(const std::string& text) {
     update_u64(text.size());
     update(text);
   }
-  void update_u64(std::uint64_t value) {
-    std::array<unsigned char, 8> bytes{};
-    for (std::size_t i = 0; i < 8; ++i) bytes[i] = static_cast<unsigned char>((value >> (8 * i)) & 0xffu);
-    update(bytes.data(), bytes.size());
-  }
-  std::string hex() const { return to_hex(XXH3_128bits_digest(state_)); }
+  std::string hex() const { return to_hex(digest128()); }
 
   static std::string to_hex(XXH128_hash_t hash) {
     XXH128_canonical_t canonical;
@@ -69,9 +50,6 @@ class Hasher {
     }
     return text;
   }
-
- private:
-  XXH3_state_t* state_;
 };
 
 std::uint64_t size_of(const fs::path& file) {
@@ -84,7 +62,7 @@ std::uint64_t size_of(const fs::path& file) {
 std::ifstream open_input(const fs::path& file) {
   std::error_code ec;
   const bool present = fs::exists(file, ec);
-  if (ec == std::errc::too_many_symbolic_link_levels) throw InputError(file.string() + ": a symbolic link loop, not a file");
+  refuse_symlink_loop(file, ec, "a file");
   if (!present) throw InputError(file.string() + ": file not found");
   if (fs::is_directory(file, ec)) throw InputError(file.string() + ": is a directory, expected a file");
   std::ifstream in(file, std::ios::binary);

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "slearn/error.hpp"
+#include "util/symlink_loop.hpp"
 #include "slearn/lora.hpp"
 #include "slearn/safetensors.hpp"
 #include "util/atomic_file.hpp"
@@ -156,8 +157,7 @@ LoraAdapter LoraAdapter::load(const std::filesystem::path& dir, const ModelConfi
   const auto weights_path = dir / "adapter_model.safetensors";
   std::error_code ec;
   const bool present = std::filesystem::exists(weights_path, ec);
-  if (ec == std::errc::too_many_symbolic_link_levels)
-    throw InputError(weights_path.string() + ": a symbolic link loop, not a file");
+  refuse_symlink_loop(weights_path, ec, "the adapter's weights");
   if (!present)
     throw InputError(weights_path.string() + ": missing (adapter_model.bin is not read: convert it to safetensors)");
   auto file = SafetensorsFile::open(weights_path);
