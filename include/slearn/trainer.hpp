@@ -55,14 +55,16 @@ std::unique_ptr<Backend> make_training_backend(std::string_view name);
 // from it (steps x batch, the schedule's arithmetic) stays exact.
 inline constexpr std::int64_t kMaxTrainingSteps = 1'000'000'000;
 
+// Optimizer steps per epoch: a global batch per step, the last one possibly short.
+inline std::int64_t steps_per_epoch(std::int64_t examples, std::int64_t global_batch_size) {
+  return examples / global_batch_size + (examples % global_batch_size != 0 ? 1 : 0);
+}
+
 // The optimizer steps of a training on `examples` examples (max_steps, or epochs x steps per epoch). Throws
 // InputError naming the keys when the count is out of range (above kMaxTrainingSteps), so a product of huge
-// sizes is refused before anything runs instead of wrapping to nothing. `source` names the data in messages.
+// sizes is refused before anything runs instead of wrapping to nothing: called up front as a check too (with
+// the most examples a run can have). `source` names the data in messages.
 std::int64_t training_steps(const TrainSettings& settings, std::int64_t examples, const std::string& source);
-// The same check, for a run whose examples are not known yet: at most `examples`.
-inline void check_training_steps(const TrainSettings& settings, std::int64_t examples, const std::string& source) {
-  (void)training_steps(settings, examples, source);
-}
 
 TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options);
 

@@ -37,12 +37,11 @@ ChatFormat chat_format_for(const std::string& name, const Model& model, const To
 // The parts of a run's fingerprint, in the order a refusal names them: everything whose change would mix the
 // outputs of two different runs in one directory.
 std::vector<std::pair<std::string, std::string>> run_fingerprint_parts(const RunConfig& config, bool separate_judge) {
-  auto tokenizer_of = [](const std::string& dir) { return fingerprint_tokenizer(dir); };
   return {{"model", fingerprint_model(config.model)},
-          {"tokenizer", tokenizer_of(config.model)},
+          {"tokenizer", fingerprint_tokenizer(config.model)},
           {"data", fingerprint_file(config.data.path)},
           {"eval", config.eval.data.path.empty() ? "-" : fingerprint_file(config.eval.data.path)},
-          {"judge", separate_judge ? fingerprint_model(config.judge.model) + "+" + tokenizer_of(config.judge.model)
+          {"judge", separate_judge ? fingerprint_model(config.judge.model) + "+" + fingerprint_tokenizer(config.judge.model)
                                    : "-"},
           {"config", fingerprint_text(config.source_text)}};
 }
@@ -74,8 +73,8 @@ bool is_run_output(const std::string& name) {
 // Refuses another unless forced, and refuses anything that is not a run directory of ours (a non-empty one
 // without run.json, or with a run.json we cannot read): nothing in it is ours to resume into or delete. With
 // --force, also refuses a run_dir that is or holds one of the run's inputs. Only reads (an input check).
+// check_run_dir_usable comes before (first of the input checks, and again in the lock).
 void check_run_dir(const RunConfig& config, const PipelineOptions& options, const std::string& fingerprint) {
-  check_run_dir_usable(config.run_dir);
   const fs::path dir(config.run_dir);
   if (!fs::exists(dir)) return;
   const fs::path marker = dir / "run.json";
@@ -84,19 +83,8 @@ void check_run_dir(const RunConfig& config, const PipelineOptions& options, cons
                                  {"data file", config.data.path}, {"evaluation data file", config.eval.data.path},
                                  {"configuration file", options.config_path}},
                            "--force");
-  if (!fs::exists(marker)) {
-    std::vector<std::string> foreign;
-    for (const auto& entry : fs::directory_iterator(dir)) {
-      const std::string name = entry.path().filename().string();
-      if (name != kRunLockName && !(is_atomic_temporary(name) && name.starts_with("run.json."))) foreign.push_back(name);
-    }
-    if (!foreign.empty())
-      throw InputError(config.run_dir + " is not empty (it holds " + foreign.front() +
-                       (foreign.size() > 1 ? " and " + std::to_string(foreign.size() - 1) + " more" : "") +
-                       ") and has no run.json: it is not a run directory of slearn's, and nothing in it is touched; "
-                       "use a new or empty run_dir");
-    return;
-  }
+  refuse_foreign_run_dir(dir, "run.json", "run directory");
+  if (!fs::exists(marker)) return;
   std::ifstream in(marker);
   const auto json = nlohmann::json::parse(in, nullptr, false);
   if (!json.is_object() || !json.contains("fingerprint") || !json["fingerprint"].is_string())
@@ -230,8 +218,8 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
     format = chat_format_for(config.answer.chat_format, *model_slot, *tokenizer_slot);
     data_slot.emplace(load_dataset(config.data));
     check_prompt_lengths(config, *tokenizer_slot, format, *model_slot, config.data, *data_slot, true);
-    check_training_steps(config.train, static_cast<std::int64_t>(data_slot->records.size()) * config.rounds,
-                         config.data.path);
+    // Each round trains on at most every record: the bound holds for the run whatever the judge decides.
+    training_steps(config.train, static_cast<std::int64_t>(data_slot->records.size()), config.data.path);
     if (!config.eval.data.path.empty()) {
       eval.emplace(load_dataset(config.eval.data));
       check_prompt_lengths(config, *tokenizer_slot, format, *model_slot, config.eval.data, *eval, false);

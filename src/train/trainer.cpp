@@ -176,7 +176,7 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   LoraTrainingGraph graph(model, adapter, tc.gradient_checkpointing);
 
   const auto count = static_cast<std::int64_t>(examples.size());
-  const std::int64_t steps_per_epoch = count / tc.global_batch_size + (count % tc.global_batch_size != 0 ? 1 : 0);
+  const std::int64_t epoch_steps = steps_per_epoch(count, tc.global_batch_size);
   const std::int64_t total_steps = training_steps(tc, count, config.run_dir);
 
   TrainResult result;
@@ -219,8 +219,8 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
     if (!leader) return;
     TrainState state;
     state.step = done;
-    state.epoch = done / steps_per_epoch;
-    state.position = (done % steps_per_epoch) * tc.global_batch_size;
+    state.epoch = done / epoch_steps;
+    state.position = (done % epoch_steps) * tc.global_batch_size;
     state.adapter = to_arrays(keys, parameters);
     std::vector<Tensor*> m, v;
     for (auto& t : optimizer.first_moments()) m.push_back(&t);
@@ -247,12 +247,12 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   std::int64_t order_epoch = -1;
   while (step < total_steps) {
     if (options.stop_at_step && step >= *options.stop_at_step) break;
-    const std::int64_t epoch = step / steps_per_epoch;
+    const std::int64_t epoch = step / epoch_steps;
     if (epoch != order_epoch) {
       order = epoch_order(examples.size(), tc.seed, epoch);
       order_epoch = epoch;
     }
-    const std::int64_t begin = (step % steps_per_epoch) * tc.global_batch_size;
+    const std::int64_t begin = (step % epoch_steps) * tc.global_batch_size;
     const std::int64_t end = std::min(count, begin + tc.global_batch_size);
     std::int64_t learned = 0, step_tokens = 0;
     for (std::int64_t i = begin; i < end; ++i) {
@@ -391,8 +391,7 @@ std::int64_t training_steps(const TrainSettings& settings, std::int64_t examples
   if (settings.global_batch_size < 1 || settings.epochs < 1 || examples < 0)
     throw InputError(source + ": train.global_batch_size and train.epochs must be at least 1");
   // Written so that nothing overflows: a quotient, then a product checked against the bound.
-  const std::int64_t per_epoch =
-      examples / settings.global_batch_size + (examples % settings.global_batch_size != 0 ? 1 : 0);
+  const std::int64_t per_epoch = steps_per_epoch(examples, settings.global_batch_size);
   const std::int64_t steps = settings.max_steps > 0 ? settings.max_steps : std::int64_t{0};
   if (steps > kMaxTrainingSteps)
     throw InputError("train.max_steps " + std::to_string(steps) + " is out of range (at most " +
@@ -433,20 +432,11 @@ TrainResult train_lora(const TrainConfig& config, Communicator& comm, const Trai
                  static_cast<long long>(stats.dropped_no_answer), static_cast<long long>(config.data.max_length),
                  static_cast<long long>(stats.tokens), static_cast<long long>(stats.learned_tokens));
   }
-  check_training_steps(config.train, static_cast<std::int64_t>(examples.size()), config.data.path);
+  training_steps(config.train, static_cast<std::int64_t>(examples.size()), config.data.path);
   // The run directory last, once every input passed: a bad input leaves it as it was. Only a directory of ours
-  // (it holds train_config.yaml) or a new or empty one is written into; one job at a time.
-  check_run_dir_usable(config.run_dir);
-  std::error_code ec;
-  if (fs::is_directory(config.run_dir, ec) && !fs::exists(fs::path(config.run_dir) / "train_config.yaml")) {
-    for (const auto& entry : fs::directory_iterator(config.run_dir)) {
-      const std::string name = entry.path().filename().string();
-      if (name == kRunLockName || (is_atomic_temporary(name) && name.starts_with("train_config.yaml."))) continue;
-      throw InputError(config.run_dir + " is not empty (it holds " + name + ") and has no train_config.yaml: it is "
-                       "not a training run directory of slearn's, and nothing in it is touched; use a new or empty "
-                       "run_dir");
-    }
-  }
+  // (it holds train_config.yaml) or a new or empty one is written into; one job at a time (the lock also checks
+  // that run_dir can be a directory at all).
+  refuse_foreign_run_dir(config.run_dir, "train_config.yaml", "training run directory");
   const RunDirLock lock(config.run_dir);
   TrainResult result = train_lora_on_examples(model, examples, fingerprint_file(config.data.path), config, comm, options);
   result.examples = stats;

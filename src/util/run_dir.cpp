@@ -12,6 +12,7 @@
 #include <system_error>
 
 #include "slearn/error.hpp"
+#include "util/atomic_file.hpp"
 
 namespace slearn {
 
@@ -126,6 +127,21 @@ void check_run_dir_usable(const fs::path& run_dir) {
                                                          ? std::string("write in it")
                                                          : "be created in " + existing.string()) +
                      ": " + std::strerror(errno));
+}
+
+void refuse_foreign_run_dir(const fs::path& run_dir, const std::string& marker, const std::string& kind) {
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec) || fs::exists(run_dir / marker, ec)) return;
+  std::vector<std::string> foreign;
+  for (const auto& entry : fs::directory_iterator(run_dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name != kRunLockName && !(is_atomic_temporary(name) && name.starts_with(marker + "."))) foreign.push_back(name);
+  }
+  if (foreign.empty()) return;
+  throw InputError(run_dir.string() + " is not empty (it holds " + foreign.front() +
+                   (foreign.size() > 1 ? " and " + std::to_string(foreign.size() - 1) + " more" : "") +
+                   ") and has no " + marker + ": it is not a " + kind + " of slearn's, and nothing in it is touched; "
+                   "use a new or empty run_dir");
 }
 
 bool path_is_within(const fs::path& path, const fs::path& dir) {

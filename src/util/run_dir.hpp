@@ -36,6 +36,12 @@ inline constexpr const char* kRunLockName = "run.lock";
 // yet, and it (or the nearest existing ancestor it would be created in) is writable. Throws InputError.
 void check_run_dir_usable(const std::filesystem::path& run_dir);
 
+// Throws InputError when run_dir exists, is not empty and holds no `marker` (run.json for run,
+// train_config.yaml for train): it is not a run directory of slearn's (`kind`, for the message), and nothing in
+// it may be written or removed. The lock file and temporaries of the marker's own atomic write (a run killed
+// while taking the directory) do not count.
+void refuse_foreign_run_dir(const std::filesystem::path& run_dir, const std::string& marker, const std::string& kind);
+
 // The inputs of a run, labelled for messages ("model", "data file", ...).
 using LabelledPaths = std::vector<std::pair<std::string, std::filesystem::path>>;
 

@@ -318,6 +318,15 @@ def normalized(rel, data):
     return hashlib.sha256(data).hexdigest()
 
 
+def keep_reference(ref, run_dir, ref_dir):
+    """After the uninterrupted run `ref` (a Result) wrote run_dir: ends the script unless it finished, moves
+    run_dir to ref_dir and returns the reference tree (see tree)."""
+    if not check(ref.code == 0, f"the uninterrupted run finishes (exit {ref.code}: {ref.tail()})"):
+        finish()
+    os.rename(run_dir, ref_dir)
+    return tree(ref_dir)
+
+
 def tree(run_dir, skip_ignored=True):
     """{relative path: bytes-derived key} of every file under run_dir."""
     out = {}

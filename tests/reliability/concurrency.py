@@ -12,7 +12,7 @@ import signal
 import socket
 import time
 
-from common import (BINARY, ROOT, TRAIN_TINY, Job, check, demo_command, differences, finish, first_difference,
+from common import (BINARY, ROOT, TRAIN_TINY, Job, check, demo_command, differences, finish, first_difference, keep_reference,
                     progress, ranks, require_binary, rmtree, run, tree, wait_gone, workdir)
 
 require_binary()
@@ -131,11 +131,8 @@ try:
     cmd = demo_command(run_dir)
     progress("uninterrupted reference: slearn_dist run")
     ref = run(cmd)
-    if not check(ref.code == 0, f"the uninterrupted run finishes (exit {ref.code}: {ref.tail()})"):
-        finish()
+    ref_tree = keep_reference(ref, run_dir, ref_dir)
     print(f"reference run: {ref.seconds:.1f} s", flush=True)
-    os.rename(run_dir, ref_dir)
-    ref_tree = tree(ref_dir)
     merged = ["answers.jsonl", "judgements.jsonl", "incorrect.jsonl", "eval-before/answers.jsonl",
               "eval-before/judgements.jsonl", "eval-after/answers.jsonl", "eval-after/judgements.jsonl"]
     for attempt in (1, 2):

@@ -18,7 +18,7 @@ import shutil
 import signal
 import time
 
-from common import (Job, check, demo_command, differences, finish, first_difference, progress, raw_tree,
+from common import (Job, check, demo_command, differences, finish, first_difference, keep_reference, progress, raw_tree,
                     ranks, require_binary, rmtree, run, tree, wait_gone, workdir)
 
 JOBS = int(os.environ.get("SLEARN_RELIABILITY_JOBS", "2"))
@@ -208,11 +208,8 @@ try:
     # ---- the reference: uninterrupted, in slot 0 ----
     progress("uninterrupted reference run")
     ref = run(cmd, cwd=slots[0])
-    if not check(ref.code == 0, f"the uninterrupted run finishes (exit {ref.code}: {ref.tail()})"):
-        finish()
     reference = os.path.join(work, "reference")
-    os.rename(os.path.join(slots[0], "run"), reference)
-    ref_tree = tree(reference)
+    ref_tree = keep_reference(ref, os.path.join(slots[0], "run"), reference)
     ref_all = list(raw_tree(reference))
     print(f"reference: {ref.seconds:.1f} s, files {sorted(raw_tree(reference))}", flush=True)
 

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from common import (SKIP, check, demo_command, differences, finish, first_difference, progress, require_binary,
+from common import (SKIP, check, demo_command, differences, finish, first_difference, keep_reference, progress, require_binary,
                     rmtree, run, stage_of, tree, workdir)
 
 require_binary()
@@ -64,11 +64,7 @@ try:
     ref_dir = os.path.join(work, "reference")
     cmd = demo_command(run_dir)
     progress("uninterrupted reference (on the plain disk, same path)")
-    ref = run(cmd)
-    if not check(ref.code == 0, f"the uninterrupted run finishes (exit {ref.code}: {ref.tail()})"):
-        finish()
-    os.rename(run_dir, ref_dir)
-    ref_tree = tree(ref_dir)
+    ref_tree = keep_reference(run(cmd), run_dir, ref_dir)
     for what, sizes, stages in SCENARIOS:
         progress(f"the disk fills while {what}")
         found = False

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from common import (BINARY, ORDER, STAGES, Job, wait_binary_stable, check, differences, finish, first_difference, progress, ranks,
+from common import (BINARY, ORDER, STAGES, Job, wait_binary_stable, check, differences, finish, first_difference, keep_reference, progress, ranks,
                     require_binary, rmtree, run, stage_of, strip_timing, tiny_data, tiny_self_command, timing_keys,
                     tree, wait_gone, workdir)
 
@@ -61,10 +61,7 @@ def watch_reference():
 try:
     progress("uninterrupted reference run")
     ref, seen = watch_reference()
-    if not check(ref.code == 0, f"the uninterrupted run finishes (exit {ref.code}: {ref.tail()})"):
-        finish()
-    os.rename(run_dir, ref_dir)
-    ref_tree = tree(ref_dir)
+    ref_tree = keep_reference(ref, run_dir, ref_dir)
     with open(os.path.join(ref_dir, "summary.json")) as f:
         summary_timing = timing_keys(json.load(f))
     with open(os.path.join(ref_dir, "metrics.jsonl")) as f:
