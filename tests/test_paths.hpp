@@ -2,6 +2,7 @@
 // file whole.
 #pragma once
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -9,7 +10,12 @@
 
 namespace slearn::testing {
 
-inline std::filesystem::path source_dir() { return SLEARN_SOURCE_DIR; }
+// SLEARN_SOURCE_DIR in the environment overrides the compiled-in checkout: a relocated copy of the fixtures,
+// as in the GPU bundle (launch/gpu-bundle.sh).
+inline std::filesystem::path source_dir() {
+  const char* dir = std::getenv("SLEARN_SOURCE_DIR");
+  return dir != nullptr && *dir != '\0' ? std::filesystem::path(dir) : std::filesystem::path(SLEARN_SOURCE_DIR);
+}
 inline std::filesystem::path fixtures_dir() { return source_dir() / "tests" / "fixtures"; }
 inline std::filesystem::path shared_data_dir() { return SLEARN_SHARED_DATA_DIR; }
 

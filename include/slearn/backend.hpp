@@ -4,17 +4,17 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "slearn/sampling.hpp"
 #include "slearn/tensor.hpp"
 
 namespace slearn {
-
-using TokenId = std::int32_t;
 
 // Where each token of a packed batch belongs: its sequence's KV-cache slot and its position in that sequence.
 struct TokenLayout {
@@ -31,8 +31,16 @@ class Backend {
   // A zero-filled activation tensor in this backend's memory and compute dtype.
   virtual Tensor zeros(std::vector<std::int64_t> shape, std::string name) = 0;
   // Moves an fp32 host tensor (weights after loading) into this backend's memory and dtype.
+  // A zero-filled fp32 tensor whatever the compute dtype: attention's log-sum-exp, logits.
+  virtual Tensor zeros_f32(std::vector<std::int64_t> shape, std::string name) = 0;
+  // Moves an fp32 host tensor (weights after loading) into this backend's memory and dtype.
   virtual Tensor upload(Tensor host) = 0;
   virtual void to_host(const Tensor& tensor, std::span<float> out) = 0;
+  // Fills `t` with values uniform in [-scale, scale] rounded to bf16, element i a function of (key, i) only:
+  // bit-identical on every backend, so a random model (tests, benchmarks) needs no file and no host copy.
+  virtual void fill_random(Tensor& t, std::uint64_t key, float scale) = 0;
+  // Memory this backend may still allocate, in bytes (the device's free memory; the host's available memory).
+  virtual std::size_t free_memory_bytes() = 0;
 
   virtual void embedding(const Tensor& table, std::span<const TokenId> ids, Tensor& out) = 0;
   virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
@@ -48,6 +56,39 @@ class Backend {
   virtual void add_inplace(Tensor& x, const Tensor& y) = 0;
   // out[i] = x[rows[i]]
   virtual void gather_rows(const Tensor& x, std::span<const std::int64_t> rows, Tensor& out) = 0;
+
+  // ---- Fused inference ops (one kernel where the CPU backend runs the plain ops in sequence). ----
+  // x += y, then out = rms_norm(x): the residual add and the next layer's norm in one pass.
+  virtual void add_rms_norm(Tensor& x, const Tensor& y, const Tensor& weight, float eps, Tensor& out) = 0;
+  // Splits a fused projection qkv [tokens, (heads + 2 kv_heads) head_dim] into q [tokens, heads, head_dim],
+  // k and v [tokens, kv_heads, head_dim], rotating q and k by RoPE at the layout's positions.
+  virtual void rope_split_qkv(const Tensor& qkv, const TokenLayout& layout, const Tensor& cos, const Tensor& sin,
+                              Tensor& q, Tensor& k, Tensor& v) = 0;
+  // out = silu(gate) * up over a fused projection gate_up [tokens, 2 intermediate] (gate columns first).
+  virtual void swiglu_fused(const Tensor& gate_up, Tensor& out) = 0;
+  // One token per row of fp32 logits [rows, vocab], by sample_token's rules (slearn/sampling.hpp); row r
+  // draws with (options.seed, streams[r], steps[r]). Only the ids leave the device.
+  virtual void sample(const Tensor& logits, const SamplingOptions& options, std::span<const std::uint64_t> streams,
+                      std::span<const std::uint64_t> steps, std::span<TokenId> out) = 0;
+
+  // ---- Recorded steps (CUDA graphs). ----
+  // A forward's host inputs, bound once per forward: the backend validates them (ids against the vocabulary,
+  // the layout against the cache, rows against the tokens) and uploads them once into fixed device buffers;
+  // ops later given these same spans use those instead of copying again.
+  struct StepInputs {
+    std::span<const TokenId> ids;
+    const TokenLayout* layout = nullptr;
+    std::span<const std::int64_t> rows;  // the rows whose logits are wanted (empty: all)
+    std::int64_t cache_slots = 0, cache_capacity = 0, vocab = 0;
+  };
+  virtual void bind_step(const StepInputs& inputs) { (void)inputs; }
+  // Runs `ops`, the device work of one step whose every address and shape is summed up by `key`. A backend
+  // that can replay records the ops once a key repeats and replays them afterwards (reading the inputs
+  // bind_step uploaded); the others just run them.
+  virtual void run_recorded(std::uint64_t key, const std::function<void()>& ops) {
+    (void)key;
+    ops();
+  }
 
   // ---- Training. Tensors are seen as matrices [dim(0), numel / dim(0)]. ----
   // c = alpha * op(a) op(b) + beta * c, op transposing when asked.

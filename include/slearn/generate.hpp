@@ -1,28 +1,23 @@
-// Batched generation with continuous batching: up to `batch_size` sequences share one forward per step; a
+// Batched generation with continuous batching: up to `batch_size` sequences (or, with
+// batch_size_auto, as many as fit in memory) share one forward per step; a
 // finished sequence's slot is refilled from the queue at once, its prompt prefilled in the same forward as
 // the other sequences' decode steps. Each sequence's result depends only on its own prompt, options and
-// index (sampling uses a per-sequence random stream), never on what it was batched with.
+// index, never on what it was batched with: a sampled token is a counter-based draw keyed by the sequence's
+// stream id and step (slearn/sampling.hpp).
 #pragma once
 
 #include <cstdint>
 #include <functional>
-#include <random>
 #include <span>
 #include <string_view>
 #include <vector>
 
 #include "slearn/backend.hpp"
+#include "slearn/sampling.hpp"
 
 namespace slearn {
 
 class Model;
-
-struct SamplingOptions {
-  double temperature = 0.0;  // 0 means greedy (argmax, lowest id on ties)
-  std::int64_t top_k = 0;    // 0 disables
-  double top_p = 1.0;        // 1 disables
-  std::uint64_t seed = 0;
-};
 
 // What to do with a prompt that leaves no room for a new token in the model's context.
 enum class LongPromptPolicy {
@@ -36,6 +31,10 @@ struct GenerationOptions {
   SamplingOptions sampling;
   std::vector<TokenId> stop_ids;  // generation ends after emitting any of these (the stop id is kept)
   std::int32_t batch_size = 8;
+  // Instead of batch_size: as many sequences as fit in kv_memory_fraction of the backend's free memory
+  // (Model::sequences_that_fit), never more than there are prompts.
+  bool batch_size_auto = false;
+  double kv_memory_fraction = 0.9;
   LongPromptPolicy long_prompt = LongPromptPolicy::Error;
   // Asked before every forward step (optional): when it returns true, generation returns at once. Sequences
   // not finished by then are left incomplete and on_finished is not called for them, so a caller that wrote
@@ -68,12 +67,5 @@ std::vector<GenerationResult> generate(
     Model& model, const std::vector<std::vector<TokenId>>& prompts, const GenerationOptions& options,
     const std::function<void(const GenerationProgress&)>& on_progress = {},
     const std::function<void(std::size_t, const GenerationResult&)>& on_finished = {});
-
-// The next token from one row of logits. Applies temperature, then top-k, then top-p (as Hugging Face's
-// warpers do), then draws from the softmax with `rng`; greedy when temperature is 0.
-TokenId sample_token(std::span<const float> logits, const SamplingOptions& options, std::mt19937_64& rng);
-
-// The random stream of sequence `index` under `seed`: independent of batch composition.
-std::mt19937_64 sequence_rng(std::uint64_t seed, std::uint64_t index);
 
 }  // namespace slearn

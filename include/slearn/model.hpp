@@ -49,6 +49,17 @@ class Model {
   // Loads config.json and the safetensors weights of `dir` into `backend`. A missing, unexpected or misshapen
   // tensor throws InputError naming the file and the tensor.
   static Model load(const std::filesystem::path& dir, Backend& backend);
+  // A model of `config` with random weights made on the backend itself by Backend::fill_random (uniform,
+  // bf16-exact, bit-identical on every backend), for tests and benchmarks at real shapes with no file:
+  // embeddings in +-embed_scale, each projection in +-weight_gain / sqrt(in_features), the untied LM head in
+  // +-lm_head_gain / sqrt(hidden), biases in +-0.1, norm weights 1.
+  struct RandomInit {
+    std::uint64_t seed = 0;
+    float embed_scale = 1.0f;
+    float weight_gain = 1.0f;
+    float lm_head_gain = 1.0f;
+  };
+  static Model random(const ModelConfig& config, Backend& backend, const RandomInit& init);
   Model(Model&&) noexcept;
   Model& operator=(Model&&) noexcept;
   ~Model();
@@ -58,12 +69,21 @@ class Model {
   std::size_t parameter_count() const;
 
   KVCache make_cache(std::int32_t slots, std::int32_t capacity);
+  // The most sequences (at least 1, at most kMaxAutoSequences) whose KV cache of `capacity` positions, and the
+  // activations of prefilling `prompt_tokens` tokens each at once, fit in `fraction` of the memory the
+  // backend has free now (after the weights): what `batch_size: auto` takes.
+  static constexpr std::int32_t kMaxAutoSequences = 1024;
+  std::int32_t sequences_that_fit(std::int64_t capacity, std::int64_t prompt_tokens, double fraction);
 
   enum class Logits { LastOfEachChunk, AllTokens };
   // `tokens` holds the chunks' tokens concatenated in chunk order. Returns fp32 host logits, one row of
   // vocab_size per chunk (LastOfEachChunk) or per token (AllTokens).
   std::vector<float> forward(std::span<const TokenId> tokens, std::span<const SequenceChunk> chunks, KVCache& cache,
                              Logits which);
+  // The same forward, leaving the logits where the backend computed them: an fp32 tensor [rows, vocab_size] of
+  // the backend (on the GPU: device memory), valid until the next forward.
+  const Tensor& forward_logits(std::span<const TokenId> tokens, std::span<const SequenceChunk> chunks,
+                               KVCache& cache, Logits which);
 
   void set_observer(TensorObserver observer);
   // Applies `adapter` (or none) in every later forward: y = W x + scaling * B A x on its projections.

@@ -21,7 +21,8 @@ struct AnswerSettings {
   double top_p = 1.0;
   std::int64_t top_k = 0;
   std::uint64_t seed = 0;
-  std::int32_t batch_size = 16;
+  std::string batch_size = "16";        // sequences decoded together, or "auto": as many as fit (kv_memory_fraction)
+  double kv_memory_fraction = 0.9;     // with batch_size auto: the share of free device memory for KV cache + activations
   std::string system_prompt;           // the system turn when answering (empty: none)
   std::string chat_format = "auto";    // auto | chatml | llama2 | llama3
   std::string long_prompt = "error";   // error | truncate-left

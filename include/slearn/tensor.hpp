@@ -40,6 +40,8 @@ class Tensor {
 
   // The first `rows` rows (along axis 0) of this tensor, sharing its memory.
   Tensor rows(std::int64_t rows) const;
+  // Rows [first, first + count) along axis 0, sharing this tensor's memory (a contiguous block).
+  Tensor slice_rows(std::int64_t first, std::int64_t count, std::string name) const;
   // The same memory seen with another shape of the same element count.
   Tensor reshaped(std::vector<std::int64_t> shape) const;
   std::string shape_string() const;  // "[4, 64]"

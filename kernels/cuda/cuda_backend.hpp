@@ -8,7 +8,9 @@
 
 namespace slearn {
 
-// Visible CUDA devices; 0 when there is no driver or no device (never throws).
+// Visible CUDA devices: 0 when there is no device (cudaErrorNoDevice, a count of 0, or no NVIDIA driver
+// installed at all); any other failure (an old driver, a broken install) throws slearn::Error naming the
+// CUDA error, so that "auto" refuses instead of falling back to the CPU.
 int cuda_device_count();
 // The bf16 CUDA backend on this rank's device: cudaSetDevice(choose_local_device(...)) by local rank
 // (slearn/device_binding.hpp); InputError when no usable device is visible or the node has more ranks than

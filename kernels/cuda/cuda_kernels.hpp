@@ -145,6 +145,51 @@ struct KvStoreParams {
 };
 void launch_kv_store(const KvStoreParams& p);
 
+// x += y (rounded to bf16), then out = rms_norm(x) * weight: the residual add and the next norm in one pass.
+struct AddRmsNormParams {
+  bf16* x;             // [rows, cols], updated
+  const bf16* y;       // [rows, cols]
+  const bf16* weight;  // [cols]
+  bf16* out;           // [rows, cols]; must not alias x or y
+  std::int64_t rows, cols;
+  float eps;
+  cudaStream_t stream;
+};
+void launch_add_rms_norm(const AddRmsNormParams& p);
+
+// Splits the stacked projection qkv [tokens, (heads + 2 kv_heads) head_dim] into q, k, v, rotating q and k.
+struct RopeSplitQkvParams {
+  const bf16* qkv;
+  bf16* q;                        // [tokens, heads, head_dim]
+  bf16* k;                        // [tokens, kv_heads, head_dim]
+  bf16* v;
+  const std::int32_t* positions;  // [tokens], validated
+  const bf16* cos;                // [max_positions, head_dim/2]
+  const bf16* sin;
+  std::int64_t tokens, heads, kv_heads, head_dim;
+  cudaStream_t stream;
+};
+void launch_rope_split_qkv(const RopeSplitQkvParams& p);
+
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i]
+struct SwigluFusedParams {
+  const bf16* gate_up;  // [tokens, 2 inter]
+  bf16* out;            // [tokens, inter]
+  std::int64_t tokens, inter;
+  cudaStream_t stream;
+};
+void launch_swiglu_fused(const SwigluFusedParams& p);
+
+// out[i] = bf16(random_fill_value(key, i, scale)) (slearn/random_fill.hpp), as the CPU backend computes it.
+struct FillRandomParams {
+  bf16* out;
+  std::int64_t count;
+  std::uint64_t key;
+  float scale;
+  cudaStream_t stream;
+};
+void launch_fill_random(const FillRandomParams& p);
+
 // Causal GQA attention, flash style. Query row t (all heads) attends to the `context[t]` key rows
 // key_row0[t] .. key_row0[t] + context[t] - 1 of k/v (seen as [key rows, kv_heads, head_dim]); query head h
 // reads kv head h / (heads / kv_heads). The same kernel serves:

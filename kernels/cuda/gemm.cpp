@@ -1,7 +1,7 @@
-// cuBLASLt matmul (see gemm.hpp). Each call describes the operation, asks the heuristic for the best
-// algorithm given the operands' actual alignment, and runs it on the caller's stream; descriptors are held by
-// RAII wrappers so a failing call leaks nothing. Caching the heuristic per shape is left for the engine work
-// (docs/cuda.md): a heuristic query costs microseconds, small next to a transformer layer's GEMMs.
+// cuBLASLt matmul (see gemm.hpp). The first call of a shape describes the operation, asks the heuristic for
+// the best algorithm given the operands' actual alignment and keeps both (Gemm::Plan); later calls of the
+// same shape only set the bias pointer and run. Descriptors are held by RAII wrappers so a failing call
+// leaks nothing. cublasLtMatmul is safe inside a CUDA graph capture (the workspace is fixed).
 #include "cuda/gemm.hpp"
 
 #include <memory>
@@ -50,6 +50,13 @@ void set_preference(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAtt
 
 }  // namespace
 
+struct Gemm::Plan {
+  OpDesc desc;
+  Layout first, second, out;
+  cublasLtMatmulAlgo_t algo{};
+  bool found = false;
+};
+
 Gemm::Gemm() {
   CUBLAS_CHECK(cublasLtCreate(&handle_));
   workspace_bytes_ = kWorkspaceBytes;
@@ -84,43 +91,56 @@ void Gemm::run(const GemmParams& p) {
 }
 
 bool Gemm::try_run(const GemmParams& p, bool with_bias) {
-  // Column-major: C^T [n x m] = op(B)^T [n x k] op(A)^T [k x m]. B is stored row-major [k, n] (or [n, k] when
-  // transposed), i.e. column-major [n, k] (or [k, n]) with leading dimension ldb; likewise A.
-  cublasLtMatmulDesc_t raw_desc = nullptr;
-  CUBLAS_CHECK(cublasLtMatmulDescCreate(&raw_desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const OpDesc desc(raw_desc);
-  const cublasOperation_t op_first = p.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t op_second = p.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  set_attribute(raw_desc, CUBLASLT_MATMUL_DESC_TRANSA, op_first);
-  set_attribute(raw_desc, CUBLASLT_MATMUL_DESC_TRANSB, op_second);
-  if (with_bias) {
-    set_attribute(raw_desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
-    set_attribute(raw_desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.bias);  // bias type defaults to D's: bf16
+  const PlanKey key{p.m, p.n, p.k, p.lda, p.ldb, p.ldc,
+                    (p.transpose_a ? 1 : 0) | (p.transpose_b ? 2 : 0) | (p.c_type == GemmOut::F32 ? 4 : 0),
+                    alignment_of(p.a), alignment_of(p.b), alignment_of(p.c), with_bias};
+  std::shared_ptr<Plan>& plan = plans_[key];
+  if (!plan) {
+    // Column-major: C^T [n x m] = op(B)^T [n x k] op(A)^T [k x m]. B is stored row-major [k, n] (or [n, k]
+    // when transposed), i.e. column-major [n, k] (or [k, n]) with leading dimension ldb; likewise A.
+    auto fresh = std::make_shared<Plan>();
+    cublasLtMatmulDesc_t raw_desc = nullptr;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&raw_desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    fresh->desc.reset(raw_desc);
+    const cublasOperation_t op_first = p.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_second = p.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    set_attribute(raw_desc, CUBLASLT_MATMUL_DESC_TRANSA, op_first);
+    set_attribute(raw_desc, CUBLASLT_MATMUL_DESC_TRANSB, op_second);
+    if (with_bias) {
+      set_attribute(raw_desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+      set_attribute(raw_desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.bias);  // bias type defaults to D's: bf16
+    }
+    fresh->first = p.transpose_b ? make_layout(CUDA_R_16BF, p.k, p.n, p.ldb)    // B [n, k] row-major
+                                 : make_layout(CUDA_R_16BF, p.n, p.k, p.ldb);   // B [k, n] row-major
+    fresh->second = p.transpose_a ? make_layout(CUDA_R_16BF, p.m, p.k, p.lda)   // A [k, m] row-major
+                                  : make_layout(CUDA_R_16BF, p.k, p.m, p.lda);  // A [m, k] row-major
+    const cudaDataType_t c_type = p.c_type == GemmOut::BF16 ? CUDA_R_16BF : CUDA_R_32F;
+    fresh->out = make_layout(c_type, p.n, p.m, p.ldc);
+
+    cublasLtMatmulPreference_t raw_pref = nullptr;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&raw_pref));
+    const Preference pref(raw_pref);
+    set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<std::uint64_t>(workspace_bytes_));
+    set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignment_of(p.b));
+    set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment_of(p.a));
+    set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment_of(p.c));
+    set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment_of(p.c));
+
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(handle_, raw_desc, fresh->first.get(), fresh->second.get(), fresh->out.get(),
+                                       fresh->out.get(), raw_pref, 1, &result, &found);
+    if (status != CUBLAS_STATUS_NOT_SUPPORTED) CUBLAS_CHECK(status);
+    fresh->found = status == CUBLAS_STATUS_SUCCESS && found > 0;
+    fresh->algo = result.algo;
+    plan = std::move(fresh);
   }
-  const Layout first = p.transpose_b ? make_layout(CUDA_R_16BF, p.k, p.n, p.ldb)    // B [n, k] row-major
-                                     : make_layout(CUDA_R_16BF, p.n, p.k, p.ldb);   // B [k, n] row-major
-  const Layout second = p.transpose_a ? make_layout(CUDA_R_16BF, p.m, p.k, p.lda)   // A [k, m] row-major
-                                      : make_layout(CUDA_R_16BF, p.k, p.m, p.lda);  // A [m, k] row-major
-  const cudaDataType_t c_type = p.c_type == GemmOut::BF16 ? CUDA_R_16BF : CUDA_R_32F;
-  const Layout out = make_layout(c_type, p.n, p.m, p.ldc);
-
-  cublasLtMatmulPreference_t raw_pref = nullptr;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&raw_pref));
-  const Preference pref(raw_pref);
-  set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<std::uint64_t>(workspace_bytes_));
-  set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignment_of(p.b));
-  set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment_of(p.a));
-  set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment_of(p.c));
-  set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment_of(p.c));
-
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_, raw_desc, first.get(), second.get(), out.get(),
-                                                               out.get(), raw_pref, 1, &result, &found);
-  if (status == CUBLAS_STATUS_NOT_SUPPORTED || found == 0) return false;
-  CUBLAS_CHECK(status);
-  CUBLAS_CHECK(cublasLtMatmul(handle_, raw_desc, &p.alpha, p.b, first.get(), p.a, second.get(), &p.beta, p.c,
-                              out.get(), p.c, out.get(), &result.algo, workspace_, workspace_bytes_, p.stream));
+  if (!plan->found) return false;
+  if (with_bias) set_attribute(plan->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.bias);
+  CUBLAS_CHECK(cublasLtMatmul(handle_, plan->desc.get(), &p.alpha, p.b, plan->first.get(), p.a, plan->second.get(),
+                              &p.beta, p.c, plan->out.get(), p.c, plan->out.get(), &plan->algo, workspace_,
+                              workspace_bytes_, p.stream));
   return true;
 }
 

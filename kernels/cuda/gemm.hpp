@@ -9,6 +9,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
 
 namespace slearn::cuda {
 
@@ -45,6 +48,13 @@ class Gemm {
   // Returns false when cuBLASLt offers no algorithm (only possible with the bias epilogue: the caller then
   // adds the bias itself).
   bool try_run(const GemmParams& p, bool with_bias);
+  // The described operation and the heuristic's algorithm, cached per shape, layout, output type, epilogue
+  // and operand alignment: a decode step runs the same few GEMMs every step, and describing them and asking
+  // the heuristic costs more host time than the small GEMMs themselves.
+  struct Plan;
+  using PlanKey = std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
+                             int, std::uint32_t, std::uint32_t, std::uint32_t, bool>;
+  std::map<PlanKey, std::shared_ptr<Plan>> plans_;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;

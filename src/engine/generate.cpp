@@ -30,7 +30,7 @@ struct Active {
   std::int32_t slot;
   std::int32_t next_position;  // where the next token goes
   std::vector<TokenId> pending; // tokens to feed in the next forward (the prompt, then one token at a time)
-  std::mt19937_64 rng;
+  std::uint64_t stream;         // the record's random stream (its draw at step s: sample_uniform(seed, stream, s))
 };
 
 }  // namespace
@@ -39,8 +39,11 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
                                        const GenerationOptions& options,
                                        const std::function<void(const GenerationProgress&)>& on_progress,
                                        const std::function<void(std::size_t, const GenerationResult&)>& on_finished) {
-  if (options.batch_size <= 0) throw InputError("batch size must be at least 1");
+  if (!options.batch_size_auto && options.batch_size <= 0) throw InputError("batch size must be at least 1");
+  if (options.batch_size_auto && !(options.kv_memory_fraction > 0 && options.kv_memory_fraction <= 1))
+    throw InputError("kv_memory_fraction must be in (0, 1]");
   if (options.max_new_tokens <= 0) throw InputError("max_new_tokens must be at least 1");
+  check_sampling_options(options.sampling);
   if (!options.stream_ids.empty() && options.stream_ids.size() != prompts.size())
     throw Error("generate: " + std::to_string(options.stream_ids.size()) + " stream ids for " +
                 std::to_string(prompts.size()) + " prompts");
@@ -67,8 +70,10 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
   }
   if (prompts.empty()) return results;
 
-  const auto slots = static_cast<std::int32_t>(std::min<std::size_t>(options.batch_size, prompts.size()));
   const auto capacity = static_cast<std::int32_t>(std::min(context, longest + options.max_new_tokens));
+  const std::int32_t batch =
+      options.batch_size_auto ? model.sequences_that_fit(capacity, longest, options.kv_memory_fraction) : options.batch_size;
+  const auto slots = static_cast<std::int32_t>(std::min<std::size_t>(static_cast<std::size_t>(batch), prompts.size()));
   KVCache cache = model.make_cache(slots, capacity);
 
   std::deque<std::int32_t> free_slots;
@@ -78,13 +83,14 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
   GenerationProgress progress;
   progress.total = prompts.size();
 
-  std::vector<TokenId> tokens;
+  std::vector<TokenId> tokens, chosen;
   std::vector<SequenceChunk> chunks;
+  std::vector<std::uint64_t> streams, steps;
   while (next < prompts.size() || !active.empty()) {
     if (options.should_stop && options.should_stop()) break;
     while (!free_slots.empty() && next < prompts.size()) {
       Active a{next, free_slots.front(), 0, std::vector<TokenId>(inputs[next].begin(), inputs[next].end()),
-               sequence_rng(options.sampling.seed, options.stream_ids.empty() ? next : options.stream_ids[next])};
+               options.stream_ids.empty() ? next : options.stream_ids[next]};
       progress.prompt_tokens += static_cast<std::int64_t>(a.pending.size());
       free_slots.pop_front();
       active.push_back(std::move(a));
@@ -96,15 +102,23 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
       chunks.push_back({a.slot, a.next_position, static_cast<std::int32_t>(a.pending.size())});
       tokens.insert(tokens.end(), a.pending.begin(), a.pending.end());
     }
-    const std::vector<float> logits = model.forward(tokens, chunks, cache, Model::Logits::LastOfEachChunk);
-    const auto vocab = static_cast<std::size_t>(model.config().vocab_size);
+    // The logits stay on the backend's device; only the chosen ids come back.
+    const Tensor& logits = model.forward_logits(tokens, chunks, cache, Model::Logits::LastOfEachChunk);
+    streams.clear();
+    steps.clear();
+    for (const Active& a : active) {
+      streams.push_back(a.stream);
+      steps.push_back(results[a.index].tokens.size());
+    }
+    chosen.resize(active.size());
+    model.backend().sample(logits, options.sampling, streams, steps, chosen);
 
     std::vector<Active> still_running;
     for (std::size_t r = 0; r < active.size(); ++r) {
       Active& a = active[r];
       GenerationResult& result = results[a.index];
       a.next_position += static_cast<std::int32_t>(a.pending.size());
-      const TokenId token = sample_token(std::span(logits).subspan(r * vocab, vocab), options.sampling, a.rng);
+      const TokenId token = chosen[r];
       result.tokens.push_back(token);
       ++progress.generated_tokens;
       bool done = true;

@@ -1,5 +1,9 @@
 // The CPU backend: checks shapes, then hands raw pointers to the kernels in kernels/cpu.
+#include <unistd.h>
+
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include <cblas.h>
 
@@ -7,6 +11,7 @@
 #include "cpu/cpu_train_kernels.hpp"
 #include "slearn/backend.hpp"
 #include "slearn/error.hpp"
+#include "slearn/random_fill.hpp"
 #ifdef SLEARN_WITH_CUDA
 #include "cuda/cuda_backend.hpp"
 #endif
@@ -28,7 +33,30 @@ class CpuBackend final : public Backend {
   Tensor zeros(std::vector<std::int64_t> shape, std::string name) override {
     return Tensor::host_f32(std::move(shape), std::move(name));
   }
+  Tensor zeros_f32(std::vector<std::int64_t> shape, std::string name) override {
+    return Tensor::host_f32(std::move(shape), std::move(name));
+  }
   Tensor upload(Tensor host) override { return host; }
+  void fill_random(Tensor& t, std::uint64_t key, float scale) override {
+    float* data = t.f32();
+    const std::int64_t count = t.numel();
+#pragma omp parallel for if (count > (1 << 16))
+    for (std::int64_t i = 0; i < count; ++i)
+      data[i] = bf16_to_f32(f32_to_bf16(random_fill_value(key, static_cast<std::uint64_t>(i), scale)));
+  }
+  // MemAvailable of /proc/meminfo (what the kernel could give without swapping), else the free pages.
+  std::size_t free_memory_bytes() override {
+    std::ifstream meminfo("/proc/meminfo");
+    std::string line;
+    while (std::getline(meminfo, line)) {
+      std::istringstream fields(line);
+      std::string key;
+      std::size_t kib = 0;
+      if (fields >> key >> kib && key == "MemAvailable:") return kib * 1024;
+    }
+    const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page) : 0;
+  }
   void to_host(const Tensor& tensor, std::span<float> out) override {
     expect(out.size() == static_cast<std::size_t>(tensor.numel()), tensor, "host buffer has the wrong size");
     std::memcpy(out.data(), tensor.f32(), tensor.bytes());
@@ -97,6 +125,56 @@ class CpuBackend final : public Backend {
       expect(rows[i] >= 0 && rows[i] < rows_of(x), x, "gather row out of range");
       std::memcpy(out.f32() + static_cast<std::int64_t>(i) * width, x.f32() + rows[i] * width,
                   static_cast<std::size_t>(width) * sizeof(float));
+    }
+  }
+
+  void add_rms_norm(Tensor& x, const Tensor& y, const Tensor& weight, float eps, Tensor& out) override {
+    add_inplace(x, y);
+    rms_norm(x, weight, eps, out);
+  }
+
+  void rope_split_qkv(const Tensor& qkv, const TokenLayout& layout, const Tensor& cos, const Tensor& sin, Tensor& q,
+                      Tensor& k, Tensor& v) override {
+    const std::int64_t n = rows_of(qkv), q_width = row_size(q), kv_width = row_size(k);
+    expect(q.rank() == 3 && k.rank() == 3 && v.shape() == k.shape() && rows_of(q) == n && rows_of(k) == n &&
+               row_size(qkv) == q_width + 2 * kv_width,
+           qkv, "rope_split_qkv: the fused projection must be [tokens, q + k + v] of " + q.name() + " " +
+                    q.shape_string() + " and " + k.name() + " " + k.shape_string());
+    const float* in = qkv.f32();
+    float *qd = q.f32(), *kd = k.f32(), *vd = v.f32();
+    const std::size_t qb = static_cast<std::size_t>(q_width) * sizeof(float);
+    const std::size_t kb = static_cast<std::size_t>(kv_width) * sizeof(float);
+    for (std::int64_t t = 0; t < n; ++t) {
+      const float* row = in + t * (q_width + 2 * kv_width);
+      std::memcpy(qd + t * q_width, row, qb);
+      std::memcpy(kd + t * kv_width, row + q_width, kb);
+      std::memcpy(vd + t * kv_width, row + q_width + kv_width, kb);
+    }
+    rope(q, layout, cos, sin);
+    rope(k, layout, cos, sin);
+  }
+
+  void swiglu_fused(const Tensor& gate_up, Tensor& out) override {
+    const std::int64_t n = rows_of(gate_up), inter = row_size(out);
+    expect(rows_of(out) == n && row_size(gate_up) == 2 * inter, gate_up,
+           "swiglu_fused: input must be [tokens, 2 x " + std::to_string(inter) + "]");
+    const float* in = gate_up.f32();
+    float* o = out.f32();
+    for (std::int64_t t = 0; t < n; ++t)
+      cpu::swiglu({in + t * 2 * inter, in + t * 2 * inter + inter, o + t * inter, inter});
+  }
+
+  void sample(const Tensor& logits, const SamplingOptions& options, std::span<const std::uint64_t> streams,
+              std::span<const std::uint64_t> steps, std::span<TokenId> out) override {
+    const std::int64_t rows = rows_of(logits), vocab = row_size(logits);
+    expect(static_cast<std::int64_t>(out.size()) == rows && streams.size() == out.size() &&
+               steps.size() == out.size(),
+           logits, "sample: one stream, step and output per row is needed");
+    const float* data = logits.f32();
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const auto i = static_cast<std::size_t>(r);
+      out[i] = sample_token(std::span(data + r * vocab, static_cast<std::size_t>(vocab)), options, streams[i],
+                            steps[i]);
     }
   }
 

@@ -2,15 +2,21 @@
 //   x = embed(ids)
 //   per layer: x += o_proj(attention(rope(q), rope(k), v)) over rms_norm(x);  x += down(silu(gate) * up) over rms_norm(x)
 //   logits = lm_head(rms_norm(x)) for the rows asked for.
+// Without an adapter on them, q/k/v and gate/up each run as one GEMM over the stacked weights
+// (src/model/weights.hpp), and each residual add is fused with the norm that follows it. A step of single
+// tokens (a decode step) runs through Backend::run_recorded, which on the GPU replays it as a CUDA graph.
 #include "slearn/model.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 
 #include "model/rope_table.hpp"
 #include "model/weights.hpp"
 #include "slearn/error.hpp"
 #include "slearn/lora.hpp"
+#include "util/trace.hpp"
 
 namespace slearn {
 
@@ -28,8 +34,9 @@ struct Model::Weights {
 // Activation buffers sized for the largest batch seen so far; smaller batches use their leading rows.
 struct Model::Workspace {
   std::int64_t capacity = 0;
-  Tensor x, normed, q, k, v, attn, proj, gate, up, act;
+  Tensor x, normed, qkv, q, k, v, attn, proj, gate_up, gate, up, act;
   Tensor last_rows, logits;
+  Tensor logits_view;  // the rows of `logits` the last forward wrote
   Tensor lora_tmp;  // [tokens, r] for the adapter path
   std::int64_t logits_capacity = 0;
 };
@@ -105,8 +112,47 @@ KVCache Model::make_cache(std::int32_t slots, std::int32_t capacity) {
   return cache;
 }
 
+std::int32_t Model::sequences_that_fit(std::int64_t capacity, std::int64_t prompt_tokens, double fraction) {
+  const ModelConfig& c = weights_->config;
+  Backend& b = *weights_->backend;
+  const double element = static_cast<double>(dtype_size(b.zeros({1}, "probe").dtype()));
+  const double q = static_cast<double>(c.num_attention_heads * c.head_dim);
+  const double kv = static_cast<double>(c.num_key_value_heads * c.head_dim);
+  const double hidden = static_cast<double>(c.hidden_size), inter = static_cast<double>(c.intermediate_size);
+  // Per sequence: keys and values of every layer; the forward's activations (Workspace) for its prompt
+  // tokens, prefilled together; its row of fp32 logits.
+  const double kv_cache = 2.0 * static_cast<double>(c.num_hidden_layers) * static_cast<double>(capacity) * kv * element;
+  const double activations =
+      static_cast<double>(prompt_tokens) * element * (3 * hidden + 3 * q + 4 * kv + 5 * inter);
+  const double per_sequence = kv_cache + activations + 4.0 * static_cast<double>(c.vocab_size) + element * hidden;
+  const double budget = fraction * static_cast<double>(b.free_memory_bytes());
+  const double fit = std::floor(budget / per_sequence);
+  return static_cast<std::int32_t>(std::clamp(fit, 1.0, static_cast<double>(kMaxAutoSequences)));
+}
+
 std::vector<float> Model::forward(std::span<const TokenId> tokens, std::span<const SequenceChunk> chunks,
                                   KVCache& cache, Logits which) {
+  const Tensor& logits = forward_logits(tokens, chunks, cache, which);
+  std::vector<float> out(static_cast<std::size_t>(logits.numel()));
+  if (!out.empty()) weights_->backend->to_host(logits, out);
+  return out;
+}
+
+namespace {
+
+// A summary of every address and shape a recorded step uses: equal keys mean a recorded step can be
+// replayed as it is.
+std::uint64_t step_key(std::initializer_list<std::uint64_t> parts) {
+  std::uint64_t key = 0x51ed270b27a5c3d1ull;
+  for (const std::uint64_t part : parts) key = sample_mix64(key ^ (part + 0x9e3779b97f4a7c15ull));
+  return key;
+}
+std::uint64_t address(const void* p) { return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p)); }
+
+}  // namespace
+
+const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<const SequenceChunk> chunks,
+                                    KVCache& cache, Logits which) {
   const ModelConfig& c = weights_->config;
   const ModelWeights& w = weights_->tensors;
   Backend& b = *weights_->backend;
@@ -117,6 +163,7 @@ std::vector<float> Model::forward(std::span<const TokenId> tokens, std::span<con
   layout.slots.reserve(tokens.size());
   layout.positions.reserve(tokens.size());
   std::vector<std::int64_t> last_rows;
+  bool single_tokens = true;
   for (const auto& chunk : chunks) {
     if (chunk.length <= 0) throw Error("forward: empty chunk for slot " + std::to_string(chunk.slot));
     if (chunk.slot < 0 || chunk.slot >= cache.slots() || chunk.start < 0 ||
@@ -129,100 +176,214 @@ std::vector<float> Model::forward(std::span<const TokenId> tokens, std::span<con
       layout.slots.push_back(chunk.slot);
       layout.positions.push_back(chunk.start + i);
     }
+    single_tokens = single_tokens && chunk.length == 1;
     last_rows.push_back(static_cast<std::int64_t>(layout.slots.size()) - 1);
   }
   if (static_cast<std::int64_t>(layout.tokens()) != n)
     throw Error("forward: chunks cover " + std::to_string(layout.tokens()) + " tokens but " + std::to_string(n) +
                 " were given");
-  if (n == 0) return {};
+  const bool all = which == Logits::AllTokens;
+  const std::int64_t rows = all ? n : static_cast<std::int64_t>(last_rows.size());
+  if (n == 0) {
+    ws.logits_view = b.zeros_f32({0, c.vocab_size}, "logits");
+    return ws.logits_view;
+  }
 
   const std::int64_t hidden = c.hidden_size, heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
   const std::int64_t head_dim = c.head_dim, inter = c.intermediate_size;
+  const std::int64_t qkv_width = (heads + 2 * kv_heads) * head_dim;
   if (n > ws.capacity) {
     ws.x = b.zeros({n, hidden}, "x");
     ws.normed = b.zeros({n, hidden}, "normed");
+    ws.qkv = b.zeros({n, qkv_width}, "qkv");
     ws.q = b.zeros({n, heads, head_dim}, "q");
     ws.k = b.zeros({n, kv_heads, head_dim}, "k");
     ws.v = b.zeros({n, kv_heads, head_dim}, "v");
     ws.attn = b.zeros({n, heads, head_dim}, "attn");
     ws.proj = b.zeros({n, hidden}, "proj");
+    ws.gate_up = b.zeros({n, 2 * inter}, "gate_up");
     ws.gate = b.zeros({n, inter}, "gate");
     ws.up = b.zeros({n, inter}, "up");
     ws.act = b.zeros({n, inter}, "act");
     ws.capacity = n;
   }
-  Tensor x = ws.x.rows(n), normed = ws.normed.rows(n), q = ws.q.rows(n), k = ws.k.rows(n), v = ws.v.rows(n);
-  Tensor attn = ws.attn.rows(n), proj = ws.proj.rows(n), gate = ws.gate.rows(n), up = ws.up.rows(n);
-  Tensor act = ws.act.rows(n);
+  if (rows > ws.logits_capacity) {
+    ws.last_rows = b.zeros({rows, hidden}, "last_rows");
+    ws.logits = b.zeros_f32({rows, c.vocab_size}, "logits");
+    ws.logits_capacity = rows;
+  }
+  const LoraAdapter* adapter = weights_->adapter;
+  if (adapter != nullptr && ws.lora_tmp.numel() < n * adapter->settings().r)
+    ws.lora_tmp = b.zeros({n, adapter->settings().r}, "lora_tmp");
+
+  Tensor x = ws.x.rows(n), normed = ws.normed.rows(n), qkv = ws.qkv.rows(n), q = ws.q.rows(n), k = ws.k.rows(n);
+  Tensor v = ws.v.rows(n), attn = ws.attn.rows(n), proj = ws.proj.rows(n), gate_up = ws.gate_up.rows(n);
+  Tensor gate = ws.gate.rows(n), up = ws.up.rows(n), act = ws.act.rows(n);
+  Tensor logits = ws.logits.rows(rows);
   auto observe = [&](const Tensor& t, const std::string& name) {
-    if (weights_->observer) weights_->observer(Tensor(nullptr, const_cast<void*>(t.data()), t.dtype(), t.device(), t.shape(), name));
+    if (weights_->observer)
+      weights_->observer(Tensor(nullptr, const_cast<void*>(t.data()), t.dtype(), t.device(), t.shape(), name));
   };
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   auto bias = [](const std::optional<Tensor>& t) { return t ? &*t : nullptr; };
-  const LoraAdapter* adapter = weights_->adapter;
-  if (adapter != nullptr && ws.lora_tmp.numel() < n * adapter->settings().r)
-    ws.lora_tmp = b.zeros({n, adapter->settings().r}, "lora_tmp");
   // y = x W^T + bias, plus the adapter's scaling * (x A^T) B^T when the projection has one.
   auto project = [&](std::size_t layer, LoraTarget target, const Tensor& in, const Tensor& weight,
                      const Tensor* b_bias, Tensor& out) {
     b.linear(in, weight, b_bias, out);
     const LoraPair* pair = adapter ? adapter->find(layer, target) : nullptr;
     if (pair == nullptr) return;
-    Tensor tmp = ws.lora_tmp.reshaped({ws.lora_tmp.numel()}).rows(n * adapter->settings().r).reshaped({n, adapter->settings().r});
+    const std::int64_t r = adapter->settings().r;
+    Tensor tmp = ws.lora_tmp.reshaped({ws.lora_tmp.numel()}).rows(n * r).reshaped({n, r});
     b.matmul(in, false, pair->a, true, 1.0f, 0.0f, tmp);
     b.matmul(tmp, false, pair->b, true, adapter->scaling(), 1.0f, out);
   };
+  auto adapted = [&](std::size_t layer, std::initializer_list<LoraTarget> targets) {
+    if (adapter == nullptr) return false;
+    for (const LoraTarget t : targets)
+      if (adapter->find(layer, t) != nullptr) return true;
+    return false;
+  };
 
-  b.embedding(w.embed_tokens, tokens, x);
-  observe(x, "embed");
-  for (std::size_t l = 0; l < w.layers.size(); ++l) {
-    const LayerWeights& lw = w.layers[l];
-    const std::string name = "layers." + std::to_string(l);
-    b.rms_norm(x, lw.input_norm, eps, normed);
-    project(l, LoraTarget::QProj, normed, lw.q_proj, bias(lw.q_bias), q);
-    project(l, LoraTarget::KProj, normed, lw.k_proj, bias(lw.k_bias), k);
-    project(l, LoraTarget::VProj, normed, lw.v_proj, bias(lw.v_bias), v);
-    b.rope(q, layout, weights_->rope_cos, weights_->rope_sin);
-    b.rope(k, layout, weights_->rope_cos, weights_->rope_sin);
-    observe(q, name + ".q_rope");
-    observe(k, name + ".k_rope");
-    b.kv_store(k, v, layout, cache.keys(l), cache.values(l));
-    b.attention(q, cache.keys(l), cache.values(l), layout, scale, attn);
-    observe(attn, name + ".attn");
-    project(l, LoraTarget::OProj, attn.reshaped({n, heads * head_dim}), lw.o_proj, bias(lw.o_bias), proj);
-    b.add_inplace(x, proj);
-    observe(x, name + ".attn_residual");
-    b.rms_norm(x, lw.post_attention_norm, eps, normed);
-    project(l, LoraTarget::GateProj, normed, lw.gate_proj, nullptr, gate);
-    project(l, LoraTarget::UpProj, normed, lw.up_proj, nullptr, up);
-    b.swiglu(gate, up, act);
-    project(l, LoraTarget::DownProj, act, lw.down_proj, nullptr, proj);
-    b.add_inplace(x, proj);
-    observe(x, name + ".out");
-  }
-  b.rms_norm(x, w.final_norm, eps, normed);
-  observe(normed, "norm");
-
-  const bool all = which == Logits::AllTokens;
-  const std::int64_t rows = all ? n : static_cast<std::int64_t>(last_rows.size());
-  if (rows > ws.logits_capacity) {
-    ws.last_rows = b.zeros({rows, hidden}, "last_rows");
-    ws.logits = b.zeros({rows, c.vocab_size}, "logits");
-    ws.logits_capacity = rows;
-  }
-  Tensor logits = ws.logits.rows(rows);
-  if (all) {
-    b.linear(normed, w.lm_head, nullptr, logits);
+  b.bind_step({tokens, &layout, all ? std::span<const std::int64_t>() : std::span<const std::int64_t>(last_rows),
+               cache.slots(), cache.capacity(), c.vocab_size});
+  auto layers = [&] {
+    const TraceRange trace(single_tokens ? "forward (decode)" : "forward");
+    b.embedding(w.embed_tokens, tokens, x);
+    observe(x, "embed");
+    b.rms_norm(x, w.layers.empty() ? w.final_norm : w.layers[0].input_norm, eps, normed);
+    for (std::size_t l = 0; l < w.layers.size(); ++l) {
+      const LayerWeights& lw = w.layers[l];
+      const std::string name = "layers." + std::to_string(l);
+      const TraceRange layer_trace(name);
+      // normed holds rms_norm(x) with this layer's input norm.
+      if (adapted(l, {LoraTarget::QProj, LoraTarget::KProj, LoraTarget::VProj})) {
+        project(l, LoraTarget::QProj, normed, lw.q_proj, bias(lw.q_bias), q);
+        project(l, LoraTarget::KProj, normed, lw.k_proj, bias(lw.k_bias), k);
+        project(l, LoraTarget::VProj, normed, lw.v_proj, bias(lw.v_bias), v);
+        b.rope(q, layout, weights_->rope_cos, weights_->rope_sin);
+        b.rope(k, layout, weights_->rope_cos, weights_->rope_sin);
+      } else {
+        b.linear(normed, lw.qkv_proj, bias(lw.qkv_bias), qkv);
+        b.rope_split_qkv(qkv, layout, weights_->rope_cos, weights_->rope_sin, q, k, v);
+      }
+      observe(q, name + ".q_rope");
+      observe(k, name + ".k_rope");
+      b.kv_store(k, v, layout, cache.keys(l), cache.values(l));
+      b.attention(q, cache.keys(l), cache.values(l), layout, scale, attn);
+      observe(attn, name + ".attn");
+      project(l, LoraTarget::OProj, attn.reshaped({n, heads * head_dim}), lw.o_proj, bias(lw.o_bias), proj);
+      b.add_rms_norm(x, proj, lw.post_attention_norm, eps, normed);
+      observe(x, name + ".attn_residual");
+      if (adapted(l, {LoraTarget::GateProj, LoraTarget::UpProj})) {
+        project(l, LoraTarget::GateProj, normed, lw.gate_proj, nullptr, gate);
+        project(l, LoraTarget::UpProj, normed, lw.up_proj, nullptr, up);
+        b.swiglu(gate, up, act);
+      } else {
+        b.linear(normed, lw.gate_up_proj, nullptr, gate_up);
+        b.swiglu_fused(gate_up, act);
+      }
+      project(l, LoraTarget::DownProj, act, lw.down_proj, nullptr, proj);
+      // x += down, then the next layer's input norm (the final norm after the last layer) in one pass.
+      b.add_rms_norm(x, proj, l + 1 < w.layers.size() ? w.layers[l + 1].input_norm : w.final_norm, eps, normed);
+      observe(x, name + ".out");
+    }
+    observe(normed, "norm");
+    if (all) {
+      b.linear(normed, w.lm_head, nullptr, logits);
+    } else {
+      Tensor selected = ws.last_rows.rows(rows);
+      b.gather_rows(normed, last_rows, selected);
+      b.linear(selected, w.lm_head, nullptr, logits);
+    }
+    observe(logits, "logits");
+  };
+  ws.logits_view = logits;
+  // Only decode steps are recorded: their shapes repeat step after step; observers see every op run.
+  if (single_tokens && !all && !weights_->observer) {
+    b.run_recorded(step_key({static_cast<std::uint64_t>(n), static_cast<std::uint64_t>(cache.slots()),
+                             static_cast<std::uint64_t>(cache.capacity()), address(cache.keys(0).data()),
+                             address(ws.x.data()), address(ws.logits.data()), address(ws.lora_tmp.data()),
+                             address(adapter), address(weights_->rope_cos.data()),
+                             address(w.embed_tokens.data())}),
+                   layers);
   } else {
-    Tensor selected = ws.last_rows.rows(rows);
-    b.gather_rows(normed, last_rows, selected);
-    b.linear(selected, w.lm_head, nullptr, logits);
+    layers();
   }
-  observe(logits, "logits");
-  std::vector<float> out(static_cast<std::size_t>(logits.numel()));
-  b.to_host(logits, out);
-  return out;
+  return ws.logits_view;
+}
+
+namespace {
+
+Tensor random_tensor(Backend& backend, std::vector<std::int64_t> shape, const std::string& name, std::uint64_t key,
+                     float scale) {
+  Tensor t = backend.zeros(std::move(shape), name);
+  backend.fill_random(t, key, scale);
+  return t;
+}
+
+Tensor ones(Backend& backend, std::int64_t size, const std::string& name) {
+  Tensor host = Tensor::host_f32({size}, name);
+  std::fill(host.f32(), host.f32() + size, 1.0f);
+  return backend.upload(std::move(host));
+}
+
+}  // namespace
+
+Model Model::random(const ModelConfig& config, Backend& backend, const RandomInit& init) {
+  if (config.hidden_size <= 0 || config.num_hidden_layers < 0 || config.vocab_size <= 0 || config.head_dim <= 0 ||
+      config.num_attention_heads <= 0 || config.num_key_value_heads <= 0 ||
+      config.num_attention_heads % config.num_key_value_heads != 0)
+    throw InputError("Model::random: inconsistent sizes in the config");
+  Model model;
+  model.weights_ = std::make_unique<Weights>();
+  model.workspace_ = std::make_unique<Workspace>();
+  Weights& w = *model.weights_;
+  w.config = config;
+  w.backend = &backend;
+  ModelWeights& t = w.tensors;
+  const std::int64_t hidden = config.hidden_size, inter = config.intermediate_size;
+  const std::int64_t q_size = config.num_attention_heads * config.head_dim;
+  const std::int64_t kv_size = config.num_key_value_heads * config.head_dim;
+  std::uint64_t next_key = sample_mix64(init.seed);
+  auto key = [&] { return next_key = sample_mix64(next_key + 1); };
+  auto gain = [&](std::int64_t fan_in) { return init.weight_gain / std::sqrt(static_cast<float>(fan_in)); };
+  t.embed_tokens = random_tensor(backend, {config.vocab_size, hidden}, "model.embed_tokens.weight", key(),
+                                 init.embed_scale);
+  for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights layer;
+    layer.input_norm = ones(backend, hidden, p + "input_layernorm.weight");
+    layer.qkv_proj = random_tensor(backend, {q_size + 2 * kv_size, hidden}, p + "self_attn.qkv_proj.weight", key(),
+                                   gain(hidden));
+    if (config.attention_bias)
+      layer.qkv_bias = random_tensor(backend, {q_size + 2 * kv_size}, p + "self_attn.qkv_proj.bias", key(), 0.1f);
+    layer.o_proj = random_tensor(backend, {hidden, q_size}, p + "self_attn.o_proj.weight", key(), gain(q_size));
+    if (config.model_type == "llama" && config.attention_bias)
+      layer.o_bias = random_tensor(backend, {hidden}, p + "self_attn.o_proj.bias", key(), 0.1f);
+    layer.post_attention_norm = ones(backend, hidden, p + "post_attention_layernorm.weight");
+    layer.gate_up_proj = random_tensor(backend, {2 * inter, hidden}, p + "mlp.gate_up_proj.weight", key(),
+                                       gain(hidden));
+    layer.down_proj = random_tensor(backend, {hidden, inter}, p + "mlp.down_proj.weight", key(), gain(inter));
+    set_stacked_views(layer, q_size, kv_size, inter);
+    t.layers.push_back(std::move(layer));
+  }
+  t.final_norm = ones(backend, hidden, "model.norm.weight");
+  t.lm_head = config.tie_word_embeddings
+                  ? t.embed_tokens
+                  : random_tensor(backend, {config.vocab_size, hidden}, "lm_head.weight", key(),
+                                  init.lm_head_gain / std::sqrt(static_cast<float>(hidden)));
+  std::size_t count = static_cast<std::size_t>(t.embed_tokens.numel()) + static_cast<std::size_t>(hidden);
+  for (const auto& layer : t.layers) {
+    count += static_cast<std::size_t>(layer.qkv_proj.numel() + layer.o_proj.numel() + layer.gate_up_proj.numel() +
+                                      layer.down_proj.numel() + 2 * hidden);
+    if (layer.qkv_bias) count += static_cast<std::size_t>(layer.qkv_bias->numel());
+    if (layer.o_bias) count += static_cast<std::size_t>(layer.o_bias->numel());
+  }
+  if (!config.tie_word_embeddings) count += static_cast<std::size_t>(t.lm_head.numel());
+  t.parameter_count = count;
+  w.inverse_frequencies = rope_inverse_frequencies(config);
+  return model;
 }
 
 }  // namespace slearn

@@ -49,6 +49,18 @@ Tensor Tensor::rows(std::int64_t count) const {
   return view;
 }
 
+Tensor Tensor::slice_rows(std::int64_t first, std::int64_t count, std::string name) const {
+  if (shape_.empty() || first < 0 || count < 0 || first + count > shape_[0])
+    throw Error("tensor " + name_ + ": cannot take rows [" + std::to_string(first) + ", " +
+                std::to_string(first + count) + ") of " + shape_string());
+  Tensor view = *this;
+  view.shape_[0] = count;
+  view.name_ = std::move(name);
+  const std::int64_t row = shape_[0] == 0 ? 0 : numel() / shape_[0];
+  view.data_ = static_cast<char*>(data_) + static_cast<std::size_t>(first * row) * dtype_size(dtype_);
+  return view;
+}
+
 Tensor Tensor::reshaped(std::vector<std::int64_t> shape) const {
   Tensor view = *this;
   view.shape_ = std::move(shape);

@@ -32,6 +32,30 @@ class Loader {
     return backend_.upload(std::move(host));
   }
 
+  // Several tensors of one width stacked along their rows into one tensor `stacked_name` (one upload).
+  Tensor load_stacked(const std::vector<std::pair<std::string, std::vector<std::int64_t>>>& parts,
+                      const std::string& stacked_name) {
+    std::int64_t rows = 0;
+    for (const auto& [name, shape] : parts) {
+      used_.insert(name);
+      if (checking_) store_.check_f32(name, shape);
+      rows += shape[0];
+    }
+    if (checking_) return Tensor();
+    std::vector<std::int64_t> shape = parts.front().second;
+    shape[0] = rows;
+    Tensor host = Tensor::host_f32(shape, stacked_name);
+    float* at = host.f32();
+    for (const auto& [name, part] : parts) {
+      std::int64_t count = 1;
+      for (auto extent : part) count *= extent;
+      store_.read_f32(name, part, at);
+      at += count;
+    }
+    parameters_ += static_cast<std::size_t>(host.numel());
+    return backend_.upload(std::move(host));
+  }
+
   std::optional<Tensor> load_if(bool wanted, const std::string& name, std::vector<std::int64_t> shape) {
     if (!wanted) return std::nullopt;
     return load(name, std::move(shape));
@@ -63,6 +87,7 @@ class Loader {
   }
 
   std::size_t parameters() const { return parameters_; }
+  bool checking() const { return checking_; }
 
  private:
   const WeightStore& store_;
@@ -90,18 +115,23 @@ ModelWeights load_with(Loader& loader, const ModelConfig& config) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights layer;
     layer.input_norm = loader.load(p + "input_layernorm.weight", {hidden});
-    layer.q_proj = loader.load(p + "self_attn.q_proj.weight", {q_size, hidden});
-    layer.k_proj = loader.load(p + "self_attn.k_proj.weight", {kv_size, hidden});
-    layer.v_proj = loader.load(p + "self_attn.v_proj.weight", {kv_size, hidden});
+    layer.qkv_proj = loader.load_stacked({{p + "self_attn.q_proj.weight", {q_size, hidden}},
+                                          {p + "self_attn.k_proj.weight", {kv_size, hidden}},
+                                          {p + "self_attn.v_proj.weight", {kv_size, hidden}}},
+                                         p + "self_attn.qkv_proj.weight");
     layer.o_proj = loader.load(p + "self_attn.o_proj.weight", {hidden, q_size});
-    layer.q_bias = loader.load_if(qkv_bias, p + "self_attn.q_proj.bias", {q_size});
-    layer.k_bias = loader.load_if(qkv_bias, p + "self_attn.k_proj.bias", {kv_size});
-    layer.v_bias = loader.load_if(qkv_bias, p + "self_attn.v_proj.bias", {kv_size});
+    if (qkv_bias)
+      layer.qkv_bias = loader.load_stacked({{p + "self_attn.q_proj.bias", {q_size}},
+                                            {p + "self_attn.k_proj.bias", {kv_size}},
+                                            {p + "self_attn.v_proj.bias", {kv_size}}},
+                                           p + "self_attn.qkv_proj.bias");
     layer.o_bias = loader.load_if(o_bias, p + "self_attn.o_proj.bias", {hidden});
     layer.post_attention_norm = loader.load(p + "post_attention_layernorm.weight", {hidden});
-    layer.gate_proj = loader.load(p + "mlp.gate_proj.weight", {inter, hidden});
-    layer.up_proj = loader.load(p + "mlp.up_proj.weight", {inter, hidden});
+    layer.gate_up_proj = loader.load_stacked({{p + "mlp.gate_proj.weight", {inter, hidden}},
+                                              {p + "mlp.up_proj.weight", {inter, hidden}}},
+                                             p + "mlp.gate_up_proj.weight");
     layer.down_proj = loader.load(p + "mlp.down_proj.weight", {hidden, inter});
+    if (!loader.checking()) set_stacked_views(layer, q_size, kv_size, inter);
     w.layers.push_back(std::move(layer));
   }
   w.final_norm = loader.load("model.norm.weight", {hidden});
@@ -112,6 +142,22 @@ ModelWeights load_with(Loader& loader, const ModelConfig& config) {
 }
 
 }  // namespace
+
+void set_stacked_views(LayerWeights& layer, std::int64_t q_size, std::int64_t kv_size, std::int64_t inter) {
+  // The names are the checkpoint's, without the "model." prefix (what the adapter and error messages use).
+  const std::string prefix = layer.qkv_proj.name().substr(0, layer.qkv_proj.name().rfind("qkv_proj"));
+  layer.q_proj = layer.qkv_proj.slice_rows(0, q_size, prefix + "q_proj.weight");
+  layer.k_proj = layer.qkv_proj.slice_rows(q_size, kv_size, prefix + "k_proj.weight");
+  layer.v_proj = layer.qkv_proj.slice_rows(q_size + kv_size, kv_size, prefix + "v_proj.weight");
+  if (layer.qkv_bias) {
+    layer.q_bias = layer.qkv_bias->slice_rows(0, q_size, prefix + "q_proj.bias");
+    layer.k_bias = layer.qkv_bias->slice_rows(q_size, kv_size, prefix + "k_proj.bias");
+    layer.v_bias = layer.qkv_bias->slice_rows(q_size + kv_size, kv_size, prefix + "v_proj.bias");
+  }
+  const std::string mlp = layer.gate_up_proj.name().substr(0, layer.gate_up_proj.name().rfind("gate_up_proj"));
+  layer.gate_proj = layer.gate_up_proj.slice_rows(0, inter, mlp + "gate_proj.weight");
+  layer.up_proj = layer.gate_up_proj.slice_rows(inter, inter, mlp + "up_proj.weight");
+}
 
 ModelWeights load_model_weights(const WeightStore& store, const ModelConfig& config, Backend& backend) {
   Loader checker(store, backend, true);

@@ -10,12 +10,21 @@
 
 namespace slearn {
 
+// q, k and v (and gate and up) are stored stacked, one tensor each, so inference runs one GEMM over the
+// concatenated weights; the per-projection tensors are row views into the stacked ones (no copy), for the
+// adapter paths and the trainer.
 struct LayerWeights {
   Tensor input_norm, post_attention_norm;
+  Tensor qkv_proj;                // [q + 2 kv, hidden]: q_proj, k_proj, v_proj stacked
+  std::optional<Tensor> qkv_bias; // [q + 2 kv]
+  Tensor gate_up_proj;            // [2 intermediate, hidden]: gate_proj, up_proj stacked
   Tensor q_proj, k_proj, v_proj, o_proj;
   std::optional<Tensor> q_bias, k_bias, v_bias, o_bias;
   Tensor gate_proj, up_proj, down_proj;
 };
+
+// Sets the view members (q_proj, k_proj, v_proj, their biases, gate_proj, up_proj) from the stacked ones.
+void set_stacked_views(LayerWeights& layer, std::int64_t q_size, std::int64_t kv_size, std::int64_t inter);
 
 struct ModelWeights {
   Tensor embed_tokens;

@@ -13,6 +13,7 @@
 #include "slearn/generate.hpp"
 #include "slearn/judge.hpp"
 #include "slearn/stop.hpp"
+#include "util/trace.hpp"
 
 namespace slearn {
 
@@ -60,7 +61,12 @@ GenerationOptions generation_options(const AnswerSettings& a, const Tokenizer& t
   GenerationOptions options;
   options.max_new_tokens = max_new_tokens;
   options.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
-  options.batch_size = a.batch_size;
+  if (a.batch_size == "auto") {
+    options.batch_size_auto = true;
+    options.kv_memory_fraction = a.kv_memory_fraction;
+  } else {
+    options.batch_size = static_cast<std::int32_t>(std::stol(a.batch_size));  // checked by the schema
+  }
   options.long_prompt = long_prompt_policy_from_name(a.long_prompt);
   for (auto id : model.config().eos_token_id) options.stop_ids.push_back(static_cast<TokenId>(id));
   if (auto end = tokenizer.token_to_id(chat_end_token(format))) options.stop_ids.push_back(*end);
@@ -160,6 +166,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
   }
   const std::vector<int> owner = assign_by_prompt_length(lengths, comm.size());
   {
+    const TraceRange trace(stage_name("answer"));
     const auto done = read_stage_shards(dir, "answers");
     std::vector<std::size_t> todo;
     for (std::size_t i = 0; i < records.size(); ++i)
@@ -184,6 +191,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
   start = Clock::now();
   const auto answers = read_stage_shards(dir, "answers");
   {
+    const TraceRange trace(stage_name("judge"));
     const auto judged = read_stage_shards(dir, "judgements");
     std::vector<std::size_t> todo;
     for (std::size_t i = 0; i < records.size(); ++i) {

@@ -22,6 +22,7 @@
 #include "slearn/trainer.hpp"
 #include "util/atomic_file.hpp"
 #include "util/run_dir.hpp"
+#include "util/trace.hpp"
 
 namespace slearn {
 
@@ -298,6 +299,7 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
     if (round == 1) summary.trained_on = static_cast<std::int64_t>(selected.size());
     if (selected.empty()) break;
     const auto train_start = Clock::now();
+    const TraceRange train_trace(label.empty() ? "train" : label + " train");
     TrainConfig train_config = to_train_config(config, dir.string());
     ExampleStats stats;
     const auto examples = build_examples(qa_records(selected), tokenizer, format, train_config.data, stats);

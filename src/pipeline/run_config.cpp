@@ -4,6 +4,7 @@
 // wherever it appears.
 #include "slearn/run_config.hpp"
 
+#include <charconv>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -27,10 +28,18 @@ Rule threads_rule() {
   return rule;
 }
 
-Rule int32_at_least(std::int64_t min) {
-  Rule rule = yaml_schema::int_in_range(min, std::numeric_limits<std::int32_t>::max());
-  rule.description = ">= " + std::to_string(min);
-  return rule;
+// "auto" or a whole number of sequences in [1, 2^31 - 1].
+Rule batch_size_rule() {
+  return {"auto or >= 1", [](const Value& v) -> std::optional<std::string> {
+            const auto* text = std::get_if<std::string>(&v);
+            if (text == nullptr || *text == "auto") return std::nullopt;
+            std::int64_t n = 0;
+            const auto [end, error] = std::from_chars(text->data(), text->data() + text->size(), n);
+            if (error != std::errc() || end != text->data() + text->size() || n < 1 ||
+                n > std::numeric_limits<std::int32_t>::max())
+              return "must be auto or a whole number between 1 and 2147483647";
+            return std::nullopt;
+          }};
 }
 
 // (0, 1]: a nucleus of 1 keeps every token.
@@ -82,7 +91,11 @@ Fields<AnswerSettings> answer_fields() {
       field("top_p", &S::top_p, probability_above_zero(), "nucleus sampling threshold; 1: off"),
       field("top_k", &S::top_k, int_at_least(0), "sample from the k most likely tokens; 0: off"),
       field("seed", &S::seed, int_at_least(0), "seed of the sampling (each question has its own stream)"),
-      field("batch_size", &S::batch_size, int32_at_least(1), "questions answered together on one rank"),
+      field("batch_size", &S::batch_size, batch_size_rule(),
+            "questions answered together on one rank; auto: as many as fit in kv_memory_fraction of the free memory"),
+      field("kv_memory_fraction", &S::kv_memory_fraction, probability_above_zero(),
+            "with batch_size auto: the share of the memory left after the weights that the KV cache and the "
+            "activations may take"),
       field("system_prompt", &S::system_prompt, std::nullopt,
             "system turn before every question, when answering and when training; empty: none"),
       field("chat_format", &S::chat_format, one_of({"auto", "chatml", "llama2", "llama3"}),

@@ -110,7 +110,7 @@ void LoraTrainingGraph::layer_forward(std::size_t l, const PackedBatch& batch, c
   b.rope(a.q, layout, *cos, *sin);
   b.rope(a.k, layout, *cos, *sin);
   a.attn = b.zeros({n, heads, dim}, name + ".attn");
-  a.lse = b.zeros({n, heads}, name + ".lse");
+  a.lse = b.zeros_f32({n, heads}, name + ".lse");
   b.attention_train(a.q, a.k, a.v, batch.seq_starts, 1.0f / std::sqrt(static_cast<float>(dim)), a.attn, a.lse);
   a.x_mid = b.zeros({n, hidden}, name + ".attn_residual");
   project(LoraTarget::OProj, a.attn.reshaped({n, heads * dim}), w.o_proj, bias_of(w.o_bias), a.x_mid);

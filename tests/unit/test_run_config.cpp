@@ -203,7 +203,8 @@ TEST(RunConfig, MinimalFileTakesTheDefaults) {
   EXPECT_EQ(config.data.max_records, -1);
   EXPECT_EQ(config.answer.max_new_tokens, 256);
   EXPECT_EQ(config.answer.temperature, 0.0);
-  EXPECT_EQ(config.answer.batch_size, 16);
+  EXPECT_EQ(config.answer.batch_size, "16");
+  EXPECT_EQ(config.answer.kv_memory_fraction, 0.9);
   EXPECT_EQ(config.answer.long_prompt, "error");
   EXPECT_EQ(config.judge.kind, "self");
   EXPECT_EQ(config.judge.rule, "auto");
@@ -251,7 +252,7 @@ TEST(RunConfig, ReadsEveryKeyOfEverySection) {
   EXPECT_EQ(c.answer.top_p, 0.9);
   EXPECT_EQ(c.answer.top_k, 40);
   EXPECT_EQ(c.answer.seed, 11u);
-  EXPECT_EQ(c.answer.batch_size, 32);
+  EXPECT_EQ(c.answer.batch_size, "32");
   EXPECT_EQ(c.answer.system_prompt, "You are an agronomist.");
   EXPECT_EQ(c.answer.chat_format, "chatml");
   EXPECT_EQ(c.answer.long_prompt, "truncate-left");
@@ -323,7 +324,7 @@ TEST(RunConfig, UnknownKeysNameTheKeyLineAndKnownKeys) {
             "numeric_tolerance, language, template_en, template_zh, model, max_new_tokens");
   EXPECT_EQ(parse_error(kMinimal + "answer:\n  max_tokens: 9\n"),
             "run.yaml: unknown key \"answer.max_tokens\" (line 6); known keys in answer: max_new_tokens, "
-            "temperature, top_p, top_k, seed, batch_size, system_prompt, chat_format, long_prompt");
+            "temperature, top_p, top_k, seed, batch_size, kv_memory_fraction, system_prompt, chat_format, long_prompt");
   EXPECT_EQ(parse_error(kMinimal + "lora:\n  rank: 4\n"),
             "run.yaml: unknown key \"lora.rank\" (line 6); known keys in lora: r, alpha, dropout, use_rslora, "
             "target_modules");
@@ -343,7 +344,12 @@ TEST(RunConfig, WrongTypesNameTheKeyLineAndValue) {
   EXPECT_EQ(parse_error(kMinimal + "answer:\n  temperature: hot\n"),
             "run.yaml: key \"answer.temperature\" (line 6) must be a finite number, got \"hot\"");
   EXPECT_EQ(parse_error(kMinimal + "answer:\n  batch_size: 1.5\n"),
-            "run.yaml: key \"answer.batch_size\" (line 6) must be an integer, got \"1.5\"");
+            "run.yaml: key \"answer.batch_size\" (line 6) must be auto or a whole number between 1 and 2147483647, "
+            "got \"1.5\"");
+  EXPECT_EQ(parse_error(kMinimal + "answer:\n  batch_size: many\n"),
+            "run.yaml: key \"answer.batch_size\" (line 6) must be auto or a whole number between 1 and 2147483647, "
+            "got \"many\"");
+  EXPECT_EQ(parse_run_config(kMinimal + "answer:\n  batch_size: auto\n", "run.yaml").answer.batch_size, "auto");
   EXPECT_EQ(parse_error(kMinimal + "judge:\n  model: [a, b]\n"),
             "run.yaml: key \"judge.model\" (line 6) must be a string, got a list");
   EXPECT_EQ(parse_error(kMinimal + "judge:\n  numeric_tolerance: \"0.1\"\n"),
@@ -423,10 +429,12 @@ TEST(RunConfig, ValuesOutOfRange) {
       {"answer.top_p=1.01", "\"answer.top_p\" (--set answer.top_p=1.01) must be in (0, 1], got 1.01"},
       {"answer.top_k=-1", "\"answer.top_k\" (--set answer.top_k=-1) must be >= 0, got -1"},
       {"answer.seed=-1", "\"answer.seed\" (--set answer.seed=-1) must be >= 0, got -1"},
-      {"answer.batch_size=0", "\"answer.batch_size\" (--set answer.batch_size=0) must be between 1 and 2147483647, "
-                              "got 0"},
-      {"answer.batch_size=2147483648", "\"answer.batch_size\" (--set answer.batch_size=2147483648) must be between 1 "
-                                       "and 2147483647, got 2147483648"},
+      {"answer.batch_size=0", "\"answer.batch_size\" (--set answer.batch_size=0) must be auto or a whole number "
+                              "between 1 and 2147483647, got \"0\""},
+      {"answer.batch_size=2147483648", "\"answer.batch_size\" (--set answer.batch_size=2147483648) must be auto or a "
+                                       "whole number between 1 and 2147483647, got \"2147483648\""},
+      {"answer.kv_memory_fraction=0", "\"answer.kv_memory_fraction\" (--set answer.kv_memory_fraction=0) must be in "
+                                      "(0, 1], got 0"},
       {"answer.chat_format=vicuna", "\"answer.chat_format\" (--set answer.chat_format=vicuna) must be one of auto, "
                                     "chatml, llama2, llama3, got \"vicuna\""},
       {"answer.long_prompt=truncate", "\"answer.long_prompt\" (--set answer.long_prompt=truncate) must be one of "
@@ -649,7 +657,7 @@ TEST(RunConfig, ReferenceListsEveryKey) {
   EXPECT_NE(reference.find("| `eval.data.path` | string | `\"\"` |"), std::string::npos) << reference;
   EXPECT_NE(reference.find("| `train_on` | string | `\"incorrect\"` | incorrect, all |"), std::string::npos)
       << reference;
-  EXPECT_NE(reference.find("| `answer.batch_size` | int | `16` | >= 1 |"), std::string::npos) << reference;
+  EXPECT_NE(reference.find("| `answer.batch_size` | string | `\"16\"` | auto or >= 1 |"), std::string::npos) << reference;
 }
 
 // The run example in docs/configuration.md (the yaml block after the run section's heading) is valid.
