@@ -8,6 +8,7 @@
 #include "slearn/model.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -141,13 +142,20 @@ std::vector<float> Model::forward(std::span<const TokenId> tokens, std::span<con
 namespace {
 
 // A summary of every address and shape a recorded step uses: equal keys mean a recorded step can be
-// replayed as it is.
-std::uint64_t step_key(std::initializer_list<std::uint64_t> parts) {
-  std::uint64_t key = 0x51ed270b27a5c3d1ull;
-  for (const std::uint64_t part : parts) key = sample_mix64(key ^ (part + 0x9e3779b97f4a7c15ull));
-  return key;
-}
-std::uint64_t address(const void* p) { return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p)); }
+// replayed as it is. Every tensor is included (not one per group): memory is pooled, so a new cache or a
+// reloaded adapter can reuse some of the old addresses and not others.
+class StepKey {
+ public:
+  void add(std::uint64_t part) { key_ = sample_mix64(key_ ^ (part + 0x9e3779b97f4a7c15ull)); }
+  void add(const Tensor& t) {
+    add(static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(t.data())));
+    add(static_cast<std::uint64_t>(t.numel()));
+  }
+  std::uint64_t value() const { return key_; }
+
+ private:
+  std::uint64_t key_ = 0x51ed270b27a5c3d1ull;
+};
 
 }  // namespace
 
@@ -301,11 +309,31 @@ const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<c
   ws.logits_view = logits;
   // Only decode steps are recorded: their shapes repeat step after step; observers see every op run.
   if (single_tokens && !all && !weights_->observer) {
-    b.run_recorded(step_key({static_cast<std::uint64_t>(n), static_cast<std::uint64_t>(cache.slots()),
-                             static_cast<std::uint64_t>(cache.capacity()), address(cache.keys(0).data()),
-                             address(ws.x.data()), address(ws.logits.data()), address(ws.lora_tmp.data()),
-                             address(adapter), address(weights_->rope_cos.data()),
-                             address(w.embed_tokens.data())}),
+    StepKey key;
+    key.add(static_cast<std::uint64_t>(n));
+    for (const Tensor* t : std::initializer_list<const Tensor*>{
+             &ws.x, &ws.normed, &ws.qkv, &ws.q, &ws.k, &ws.v, &ws.attn, &ws.proj, &ws.gate_up, &ws.gate, &ws.up, &ws.act,
+             &ws.last_rows, &ws.logits, &ws.lora_tmp, &weights_->rope_cos, &weights_->rope_sin, &w.embed_tokens,
+             &w.final_norm, &w.lm_head})
+      key.add(*t);
+    for (std::size_t l = 0; l < w.layers.size(); ++l) {
+      const LayerWeights& lw = w.layers[l];
+      key.add(cache.keys(l));
+      key.add(cache.values(l));
+      for (const Tensor* t : {&lw.input_norm, &lw.post_attention_norm, &lw.qkv_proj, &lw.o_proj, &lw.gate_up_proj,
+                              &lw.down_proj})
+        key.add(*t);
+      for (const auto* optional_bias : {&lw.qkv_bias, &lw.o_bias})
+        if (*optional_bias) key.add(**optional_bias);
+      for (std::size_t target = 0; adapter != nullptr && target < kLoraTargetCount; ++target) {
+        const LoraPair* pair = adapter->find(l, static_cast<LoraTarget>(target));
+        if (pair == nullptr) continue;
+        key.add(pair->a);
+        key.add(pair->b);
+      }
+    }
+    if (adapter != nullptr) key.add(static_cast<std::uint64_t>(std::bit_cast<std::uint32_t>(adapter->scaling())));
+    b.run_recorded(key.value(),
                    layers);
   } else {
     layers();
