@@ -44,7 +44,7 @@ struct BoundStep {
   std::int64_t cache_slots = 0, cache_capacity = 0;
   std::size_t ids_at = 0, slots_at = 0, positions_at = 0, key_row0_at = 0, context_at = 0, rows_at = 0;
   std::size_t decode_context_at = 0, prefill_tiles_at = 0;  // attention's per-row dispatch
-  std::int64_t prefill_tile_count = 0;
+  std::int64_t prefill_tile_count = 0, decode_first = 0, decode_rows = 0;
 };
 
 class CudaBackend final : public Backend {

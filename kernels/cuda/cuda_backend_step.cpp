@@ -12,8 +12,8 @@
 // sequence's result does not depend on its batch: a token alone in its chunk (a decode row) goes to the
 // split-KV kernel (decode_attention.cu), the rows of a longer chunk (a prefill) to the tensor-core kernel
 // (prefill_attention.cu). Head dims those lack (16, the test fixtures) run every row through the
-// reference kernel (attention.cu). The decode launch covers every row of the step, with context 0 (an
-// output of zeros) for prefill rows, and the prefill launch comes after it and overwrites those rows.
+// reference kernel (attention.cu). The decode launch covers the rows from the first decode row to the last,
+// with context 0 (left untouched) for prefill rows among them, which the prefill launch writes.
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -61,8 +61,12 @@ void key_ranges(const TokenLayout& layout, std::int64_t capacity, std::vector<st
 // The per-row dispatch of attention (see the top of the file): the decode launch's contexts (position + 1 for
 // a row alone in its chunk, 0 for prefill rows) and the prefill chunks' tiles. A chunk is a run of rows of
 // one slot at consecutive positions.
+// The decode launch covers only the rows from the first decode row to the last (the engine puts running
+// sequences before newly admitted prompts, so that is just the decode rows): its scratch scales with them,
+// not with a long prefill in the same step.
 struct AttentionPlan {
   std::vector<std::int32_t> decode_context;
+  std::int64_t decode_first = 0, decode_rows = 0;
   std::vector<cuda::PrefillTile> tiles;
 };
 AttentionPlan attention_plan(const TokenLayout& layout, std::int64_t slots, std::int64_t capacity) {
@@ -74,11 +78,14 @@ AttentionPlan attention_plan(const TokenLayout& layout, std::int64_t slots, std:
     std::size_t end = first + 1;
     while (end < n && layout.slots[end] == layout.slots[first] && layout.positions[end] == layout.positions[end - 1] + 1)
       ++end;
-    if (end - first == 1)
+    if (end - first == 1) {
       plan.decode_context[first] = layout.positions[first] + 1;
-    else
+      if (plan.decode_rows == 0) plan.decode_first = static_cast<std::int64_t>(first);
+      plan.decode_rows = static_cast<std::int64_t>(first) + 1 - plan.decode_first;
+    } else {
       chunks.push_back({static_cast<std::int64_t>(first), static_cast<std::int64_t>(end - first),
                         layout.positions[first], layout.slots[first]});
+    }
     first = end;
   }
   plan.tiles = cuda::prefill_tiles(chunks, static_cast<std::int64_t>(n), slots, capacity);
@@ -129,6 +136,8 @@ void CudaBackend::bind_step(const StepInputs& inputs) {
   bound_.decode_context_at = pack.add(plan.decode_context);
   bound_.prefill_tiles_at = pack.add(plan.tiles);
   bound_.prefill_tile_count = static_cast<std::int64_t>(plan.tiles.size());
+  bound_.decode_first = plan.decode_first;
+  bound_.decode_rows = plan.decode_rows;
   void* base = step_buffer_.get(context_, pack.size(), "step inputs");
   staging_.copy_to_device(base, pack.data(), pack.size());
   bound_.valid = true;
@@ -239,7 +248,7 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
   const std::int64_t *key_row0 = nullptr;
   const std::int32_t *context = nullptr, *decode_context = nullptr;
   const cuda::PrefillTile* tiles = nullptr;
-  std::int64_t tile_count = 0;
+  std::int64_t tile_count = 0, decode_first = 0, decode_rows = 0;
   void* base = bound_layout(layout);
   if (base != nullptr && bound_.cache_slots == slots && bound_.cache_capacity == capacity) {
     key_row0 = at<const std::int64_t>(base, bound_.key_row0_at);
@@ -247,6 +256,8 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
     decode_context = at<const std::int32_t>(base, bound_.decode_context_at);
     tiles = at<const cuda::PrefillTile>(base, bound_.prefill_tiles_at);
     tile_count = bound_.prefill_tile_count;
+    decode_first = bound_.decode_first;
+    decode_rows = bound_.decode_rows;
   } else {
     check_cache_layout(layout, slots, capacity);
     std::vector<std::int64_t> rows;
@@ -262,16 +273,23 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
     decode_context = at<const std::int32_t>(staged, decode_at);
     tiles = at<const cuda::PrefillTile>(staged, tiles_at);
     tile_count = static_cast<std::int64_t>(plan.tiles.size());
+    decode_first = plan.decode_first;
+    decode_rows = plan.decode_rows;
   }
   if (!cuda::prefill_attention_supports(head_dim)) {  // the reference kernel for every row
     cuda::launch_attention_forward({dev(q), dev(k_cache), dev(v_cache), dev(out), nullptr, key_row0, context,
                                     q.dim(0), heads, kv_heads, head_dim, scale_factor, stream_});
     return;
   }
-  auto* partial = static_cast<float*>(attention_scratch_.get(
-      context_, cuda::decode_attention_scratch_bytes(q.dim(0), heads, head_dim, capacity), "decode attention partials"));
-  cuda::launch_decode_attention({dev(q), dev(k_cache), dev(v_cache), dev(out), key_row0, decode_context, q.dim(0),
-                                 heads, kv_heads, head_dim, capacity, scale_factor, partial, stream_});
+  if (decode_rows > 0) {
+    auto* partial = static_cast<float*>(attention_scratch_.get(
+        context_, cuda::decode_attention_scratch_bytes(decode_rows, heads, head_dim, capacity),
+        "decode attention partials"));
+    const std::int64_t row = decode_first * heads * head_dim;
+    cuda::launch_decode_attention({dev(q) + row, dev(k_cache), dev(v_cache), dev(out) + row, key_row0 + decode_first,
+                                   decode_context + decode_first, decode_rows, heads, kv_heads, head_dim, capacity,
+                                   scale_factor, partial, stream_});
+  }
   if (tile_count > 0)
     cuda::launch_prefill_attention({dev(q), dev(k_cache), dev(v_cache), dev(out), tiles, tile_count, heads, kv_heads,
                                     head_dim, capacity, scale_factor, stream_});

@@ -1,4 +1,5 @@
 // slearn_dist generate: batched generation from a Hugging Face model directory; one JSON line per prompt.
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -35,7 +36,7 @@ struct GenerateOptions {
   double top_p = 1.0;
   std::int64_t top_k = 0;
   std::uint64_t seed = 0;
-  std::int32_t batch_size = 8;
+  std::string batch_size = "8";  // or "auto"
   std::optional<int> threads;
   std::string backend = "auto";
   std::string long_prompt = "error";
@@ -181,7 +182,15 @@ int run_generate(const GenerateOptions& o) {
   GenerationOptions options;
   options.max_new_tokens = o.max_new_tokens;
   options.sampling = {o.temperature, o.top_k, o.top_p, o.seed};
-  options.batch_size = o.batch_size;
+  if (o.batch_size == "auto") {
+    options.batch_size_auto = true;
+  } else {
+    std::int32_t batch = 0;
+    const auto [end, parse_error] = std::from_chars(o.batch_size.data(), o.batch_size.data() + o.batch_size.size(), batch);
+    if (parse_error != std::errc() || end != o.batch_size.data() + o.batch_size.size() || batch < 1)
+      throw InputError("--batch-size must be auto or a whole number >= 1, got \"" + o.batch_size + "\"");
+    options.batch_size = batch;
+  }
   options.long_prompt = long_prompt_policy_from_name(o.long_prompt);
   if (!o.ignore_eos) {
     const GenerationDefaults defaults = load_generation_defaults(dir);
@@ -236,7 +245,8 @@ Command add_generate_command(CLI::App& app) {
   sub->add_option("--top-p", o->top_p, "Nucleus sampling threshold")->capture_default_str();
   sub->add_option("--top-k", o->top_k, "Keep the k most likely tokens; 0 keeps all")->capture_default_str();
   sub->add_option("--seed", o->seed, "Sampling seed: the same seed gives the same text")->capture_default_str();
-  sub->add_option("--batch-size", o->batch_size, "Sequences decoded together")->capture_default_str();
+  sub->add_option("--batch-size", o->batch_size,
+                  "Sequences decoded together; auto: as many as fit in 90% of the free memory")->capture_default_str();
   sub->add_option("--threads", o->threads, "CPU threads (default: this rank's share of the cores)");
   sub->add_option("--backend", o->backend, "cpu, cuda or auto")->capture_default_str();
   sub->add_option("--long-prompt", o->long_prompt,

@@ -30,6 +30,11 @@ check("generated tok/s" in err, "statistics on stderr")
 code2, out2, _ = run(["generate", "--model", model, "--prompt", "What is anemia?", "--prompt", "高血压",
                       "--chat", "--max-new-tokens", "8", "--temperature", "0.8", "--seed", "3", "--batch-size", "1"])
 check(out2 == out, "the same seed gives the same text, whatever the batch size")
+code3, out3, _ = run(["generate", "--model", model, "--prompt", "What is anemia?", "--prompt", "高血压",
+                      "--chat", "--max-new-tokens", "8", "--temperature", "0.8", "--seed", "3", "--batch-size", "auto"])
+check(code3 == 0 and out3 == out, "--batch-size auto gives the same text")
+code4, _, err4 = run(["generate", "--model", model, "--prompt", "hi", "--batch-size", "some"])
+check(code4 != 0 and "--batch-size must be auto or a whole number >= 1" in err4, "a bad --batch-size is refused")
 
 # Prompts from a JSONL file.
 prompts_file = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"slearn-prompts-{os.getpid()}.jsonl")

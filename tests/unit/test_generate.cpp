@@ -51,6 +51,25 @@ TEST_F(Generation, SameSeedSameSampleWhateverTheBatch) {
   EXPECT_TRUE(any_differs) << "a different seed should change some sample";
 }
 
+TEST_F(Generation, AutoBatchSizeFitsTheMemoryAndChangesNoResult) {
+  // The fit grows with the share of memory and is at least one sequence.
+  const std::int32_t small = model_->sequences_that_fit(64, 8, 1e-9);
+  const std::int32_t large = model_->sequences_that_fit(64, 8, 0.5);
+  EXPECT_EQ(small, 1);
+  EXPECT_GE(large, small);
+  EXPECT_LE(large, slearn::Model::kMaxAutoSequences);
+  slearn::GenerationOptions options;
+  options.max_new_tokens = 12;
+  options.sampling = {0.7, 0, 0.9, 5};
+  options.batch_size = 1;
+  const auto one = slearn::generate(*model_, prompts_, options);
+  options.batch_size_auto = true;
+  const auto automatic = slearn::generate(*model_, prompts_, options);
+  for (std::size_t i = 0; i < one.size(); ++i) EXPECT_EQ(one[i].tokens, automatic[i].tokens);
+  options.kv_memory_fraction = 0.0;
+  EXPECT_THROW(slearn::generate(*model_, prompts_, options), slearn::InputError);
+}
+
 TEST_F(Generation, StopsAtStopIdAndKeepsIt) {
   slearn::GenerationOptions options;
   options.max_new_tokens = 16;
