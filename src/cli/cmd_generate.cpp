@@ -186,8 +186,9 @@ int run_generate(const GenerateOptions& o) {
     options.batch_size_auto = true;
   } else {
     std::int32_t batch = 0;
-    const auto [end, parse_error] = std::from_chars(o.batch_size.data(), o.batch_size.data() + o.batch_size.size(), batch);
-    if (parse_error != std::errc() || end != o.batch_size.data() + o.batch_size.size() || batch < 1)
+    const char* last = o.batch_size.data() + o.batch_size.size();
+    const auto [end, parse_error] = std::from_chars(o.batch_size.data(), last, batch);
+    if (parse_error != std::errc() || end != last || batch < 1)
       throw InputError("--batch-size must be auto or a whole number >= 1, got \"" + o.batch_size + "\"");
     options.batch_size = batch;
   }
