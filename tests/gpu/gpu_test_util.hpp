@@ -577,21 +577,30 @@ inline std::vector<std::vector<TokenId>> random_prompts(const std::vector<std::s
   return prompts;
 }
 
+// Sequences packed for one forward: sequence i as one chunk in slot i from position 0.
+struct PackedSequences {
+  std::vector<TokenId> tokens;
+  std::vector<SequenceChunk> chunks;
+  std::int32_t longest = 0;
+};
+inline PackedSequences pack_sequences(const std::vector<std::vector<TokenId>>& sequences) {
+  PackedSequences packed;
+  for (std::size_t i = 0; i < sequences.size(); ++i) {
+    const auto len = static_cast<std::int32_t>(sequences[i].size());
+    packed.chunks.push_back({static_cast<std::int32_t>(i), 0, len});
+    packed.tokens.insert(packed.tokens.end(), sequences[i].begin(), sequences[i].end());
+    packed.longest = std::max(packed.longest, len);
+  }
+  return packed;
+}
+
 // All sequences in one packed forward (slot i for sequence i, from position 0): every row's logits, or each
 // sequence's last.
 inline std::vector<float> packed_logits(Model& model, const std::vector<std::vector<TokenId>>& sequences,
                                         Model::Logits which = Model::Logits::AllTokens) {
-  std::vector<TokenId> tokens;
-  std::vector<SequenceChunk> chunks;
-  std::int32_t longest = 0;
-  for (std::size_t i = 0; i < sequences.size(); ++i) {
-    const auto len = static_cast<std::int32_t>(sequences[i].size());
-    chunks.push_back({static_cast<std::int32_t>(i), 0, len});
-    tokens.insert(tokens.end(), sequences[i].begin(), sequences[i].end());
-    longest = std::max(longest, len);
-  }
-  KVCache cache = model.make_cache(static_cast<std::int32_t>(sequences.size()), longest);
-  return model.forward(tokens, chunks, cache, which);
+  const PackedSequences packed = pack_sequences(sequences);
+  KVCache cache = model.make_cache(static_cast<std::int32_t>(sequences.size()), packed.longest);
+  return model.forward(packed.tokens, packed.chunks, cache, which);
 }
 
 }  // namespace slearn::gpu_testing

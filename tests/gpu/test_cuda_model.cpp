@@ -102,15 +102,7 @@ GreedyReport compare_greedy(Model& cpu_model, Model& cuda_model, const std::vect
 void compare_prefill_and_decode(Model& cpu_model, Model& cuda_model, const std::vector<std::vector<TokenId>>& prompts,
                                 int steps, const LogitTolerance& tolerance, const std::string& what) {
   const std::int64_t vocab = cpu_model.config().vocab_size;
-  std::vector<TokenId> tokens;
-  std::vector<SequenceChunk> chunks;
-  std::int32_t longest = 0;
-  for (std::size_t i = 0; i < prompts.size(); ++i) {
-    const auto len = static_cast<std::int32_t>(prompts[i].size());
-    chunks.push_back({static_cast<std::int32_t>(i), 0, len});
-    tokens.insert(tokens.end(), prompts[i].begin(), prompts[i].end());
-    longest = std::max(longest, len);
-  }
+  const auto [tokens, chunks, longest] = pack_sequences(prompts);
   const auto slots = static_cast<std::int32_t>(prompts.size());
   KVCache cpu_cache = cpu_model.make_cache(slots, longest + steps);
   KVCache cuda_cache = cuda_model.make_cache(slots, longest + steps);

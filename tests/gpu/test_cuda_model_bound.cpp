@@ -169,15 +169,7 @@ void check_bound(const ModelConfig& config, const Model::RandomInit& init, const
   const std::int64_t vocab = config.vocab_size;
 
   // Prefill in one packed forward, every row's logits.
-  std::vector<TokenId> tokens;
-  std::vector<SequenceChunk> chunks;
-  std::int32_t longest = 0;
-  for (std::size_t i = 0; i < prompts.size(); ++i) {
-    const auto len = static_cast<std::int32_t>(prompts[i].size());
-    chunks.push_back({static_cast<std::int32_t>(i), 0, len});
-    tokens.insert(tokens.end(), prompts[i].begin(), prompts[i].end());
-    longest = std::max(longest, len);
-  }
+  const auto [tokens, chunks, longest] = pack_sequences(prompts);
   const auto slots = static_cast<std::int32_t>(prompts.size());
   KVCache ref_cache = ref.make_cache(slots, longest + decode_steps);
   KVCache emu_cache = emulated.make_cache(slots, longest + decode_steps);
