@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace slearn {
@@ -51,6 +52,11 @@ struct ModelConfig {
 // Reads and validates `dir/config.json`: missing file, bad JSON, a missing or mistyped key, an unsupported
 // model_type, activation, rope_scaling or inconsistent sizes each throw InputError naming the file and key.
 ModelConfig load_model_config(const std::filesystem::path& model_dir);
+
+// The architectures of real checkpoints, for random models of their shape (Model::random: tests and
+// benchmarks with no file): "qwen2.5-0.5b" and "qwen2.5-7b" as their config.json give them, and "tiny" (2
+// layers, hidden 64, head_dim 16) for runs on the CPU. Any other name is an InputError listing these.
+ModelConfig reference_shape(std::string_view name);
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source_name);
 
 // Defaults from generation_config.json (all optional; absent file -> all empty).

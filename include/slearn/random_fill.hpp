@@ -6,23 +6,14 @@
 
 #include <cstdint>
 
-#if !defined(SLEARN_HOST_DEVICE)
-#if defined(__CUDACC__)
-#define SLEARN_HOST_DEVICE __host__ __device__
-#else
-#define SLEARN_HOST_DEVICE
-#endif
-#endif
+#include "slearn/mix64.hpp"
 
 namespace slearn {
 
 // Uniform in [-scale, scale) before the bf16 rounding: 24 random bits, so 2u - 1 is exact in fp32 and the
 // only rounding is the product with scale.
 SLEARN_HOST_DEVICE inline float random_fill_value(std::uint64_t key, std::uint64_t index, float scale) {
-  std::uint64_t z = key * 0x9e3779b97f4a7c15ull + index + 0x632be59bd9b4e019ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
+  const std::uint64_t z = mix64(key * 0x9e3779b97f4a7c15ull + index + 0x632be59bd9b4e019ull);
   const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
   const float centred = 2.0f * u - 1.0f;
   return centred * scale;

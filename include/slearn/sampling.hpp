@@ -13,11 +13,7 @@
 #include <span>
 #endif
 
-#if defined(__CUDACC__)
-#define SLEARN_HOST_DEVICE __host__ __device__
-#else
-#define SLEARN_HOST_DEVICE
-#endif
+#include "slearn/mix64.hpp"
 
 namespace slearn {
 
@@ -30,18 +26,11 @@ struct SamplingOptions {
   std::uint64_t seed = 0;
 };
 
-// splitmix64's finaliser: a bijection of 64-bit words with good avalanche.
-SLEARN_HOST_DEVICE inline std::uint64_t sample_mix64(std::uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 // 64 random bits for draw `step` of stream `stream` under `seed`.
 SLEARN_HOST_DEVICE inline std::uint64_t sample_bits(std::uint64_t seed, std::uint64_t stream, std::uint64_t step) {
-  std::uint64_t z = sample_mix64(seed + 0x9e3779b97f4a7c15ull);
-  z = sample_mix64(z ^ (stream * 0xd1b54a32d192ed03ull + 0x8bb84b93962eacc9ull));
-  return sample_mix64(z ^ (step * 0xaef17502108ef2d9ull + 0x2545f4914f6cdd1dull));
+  std::uint64_t z = mix64(seed + 0x9e3779b97f4a7c15ull);
+  z = mix64(z ^ (stream * 0xd1b54a32d192ed03ull + 0x8bb84b93962eacc9ull));
+  return mix64(z ^ (step * 0xaef17502108ef2d9ull + 0x2545f4914f6cdd1dull));
 }
 
 // A uniform double in [0, 1) from the top 53 bits of sample_bits.

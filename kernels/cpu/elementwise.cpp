@@ -6,6 +6,7 @@
 
 #include "cpu/cpu_kernels.hpp"
 #include "slearn/error.hpp"
+#include "slearn/mix64.hpp"
 
 namespace slearn::cpu {
 namespace {
@@ -82,10 +83,7 @@ namespace slearn::cpu {
 
 float dropout_uniform(std::uint64_t key, std::uint64_t index) {
   // splitmix64 of (key, index): counter-based, so any element's draw is computed directly.
-  std::uint64_t z = key + 0x9e3779b97f4a7c15ull * (index + 1);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
+  const std::uint64_t z = mix64(key + 0x9e3779b97f4a7c15ull * (index + 1));
   return static_cast<float>(z >> 40) * 0x1.0p-24f;
 }
 

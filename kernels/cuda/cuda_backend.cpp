@@ -40,14 +40,14 @@ std::int32_t index32(std::int64_t value) {
   return static_cast<std::int32_t>(value);
 }
 
-namespace {
-
 void check_positions(const char* what, std::span<const std::int32_t> positions, std::int64_t limit) {
   for (std::size_t t = 0; t < positions.size(); ++t)
     if (positions[t] < 0 || positions[t] >= limit)
       throw Error(std::string(what) + ": position " + std::to_string(positions[t]) + " is outside the table of " +
                   std::to_string(limit) + " positions");
 }
+
+namespace {
 
 // Per-row sequence bounds of a packed batch, after the checks of kernels/cpu/train_attention.cpp.
 void sequence_bounds(const char* what, std::span<const std::int64_t> seq_starts, std::int64_t tokens,

@@ -31,6 +31,8 @@ bf16* dev(Tensor& t);
 const float* dev_f32(const Tensor& t);
 float* dev_f32(Tensor& t);
 std::int32_t index32(std::int64_t value);
+// Throws slearn::Error naming `what` for a position outside a RoPE table of `limit` positions.
+void check_positions(const char* what, std::span<const std::int32_t> positions, std::int64_t limit);
 template <class T>
 T* at(void* base, std::size_t offset) { return reinterpret_cast<T*>(static_cast<char*>(base) + offset); }
 

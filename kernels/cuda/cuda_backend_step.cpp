@@ -93,7 +93,7 @@ AttentionPlan attention_plan(const TokenLayout& layout, std::int64_t slots, std:
 }
 
 std::uint64_t mix(std::uint64_t key, const void* address) {
-  return sample_mix64(key ^ (static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(address)) +
+  return mix64(key ^ (static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(address)) +
                              0x9e3779b97f4a7c15ull));
 }
 
@@ -199,10 +199,7 @@ void CudaBackend::rope_split_qkv(const Tensor& qkv, const TokenLayout& layout, c
   if (void* base = bound_layout(layout); base != nullptr && cos.dim(0) >= bound_.cache_capacity) {
     positions = at<const std::int32_t>(base, bound_.positions_at);
   } else {
-    for (const std::int32_t p : layout.positions)
-      if (p < 0 || p >= cos.dim(0))
-        throw Error("rope_split_qkv: position " + std::to_string(p) + " is outside the table of " +
-                    std::to_string(cos.dim(0)) + " positions");
+    check_positions("rope_split_qkv", layout.positions, cos.dim(0));
     cuda::HostPack pack;
     const std::size_t offset = pack.add(layout.positions);
     positions = at<const std::int32_t>(stage(pack), offset);

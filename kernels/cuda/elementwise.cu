@@ -8,6 +8,7 @@
 // - RoPE gives each (token, head, pair) one thread: the pair (i, i + half) is read and written by it alone.
 // Values are converted to fp32 for arithmetic and rounded to bf16 once on store.
 #include "cuda/device_utils.cuh"
+#include "slearn/mix64.hpp"
 
 namespace slearn::cuda {
 namespace {
@@ -126,10 +127,7 @@ __global__ void scale_kernel(ScaleParams p) {
 
 // Bit for bit kernels/cpu/elementwise.cpp dropout_uniform: splitmix64 of (key, index), top 24 bits.
 __device__ __forceinline__ float dropout_uniform(std::uint64_t key, std::uint64_t index) {
-  std::uint64_t z = key + 0x9e3779b97f4a7c15ull * (index + 1);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
+  const std::uint64_t z = mix64(key + 0x9e3779b97f4a7c15ull * (index + 1));
   return static_cast<float>(z >> 40) * 0x1.0p-24f;  // exact: an integer below 2^24 times a power of two
 }
 

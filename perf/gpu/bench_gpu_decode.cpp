@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    const slearn::ModelConfig config = perf::named_shape(shape);
+    const slearn::ModelConfig config = slearn::reference_shape(shape);
     if (backend_name != "cuda" && backend_name != "cpu") throw slearn::InputError("--backend: cuda or cpu");
     if (batch <= 0 || prompt_len <= 0 || new_tokens < 2 || warmup_tokens < 0 || repeat <= 0 || copy_gbs < 0)
       throw slearn::InputError(

@@ -61,7 +61,7 @@ std::vector<GemmShape> gemm_shapes(const Options& o) {
   std::vector<GemmShape> shapes;
   for (const std::string& item : perf::split_list(o.gemm_shapes)) {
     if (item == "7b") {
-      const slearn::ModelConfig c = perf::named_shape("qwen2.5-7b");
+      const slearn::ModelConfig c = slearn::reference_shape("qwen2.5-7b");
       const std::int64_t h = c.hidden_size, q = c.num_attention_heads * c.head_dim;
       const std::int64_t kv = c.num_key_value_heads * c.head_dim, i = c.intermediate_size;
       for (const std::int64_t m : o.gemm_rows) {

@@ -1,6 +1,6 @@
 // What the GPU benchmarks (bench_gpu_decode, bench_gpu_ops) share with each other and, by construction, with
-// their Python peer (perf/gpu/peer_gpu.py): the named model shapes, the bytes a decode step has to read, the
-// median, and the JSON line every measurement ends as. The peer repeats the shapes and the byte count in
+// their Python peer (perf/gpu/peer_gpu.py): the bytes a decode step has to read, the median, and the JSON line
+// every measurement ends as. The peer repeats the shapes (slearn::reference_shape) and the byte count in
 // Python; perf/gpu/report.py pairs the lines of both by their "case" string, so the two must name a case the
 // same way (the functions below and their Python twins).
 #pragma once
@@ -18,31 +18,6 @@
 #include "slearn/model_config.hpp"
 
 namespace slearn::perf {
-
-// The architectures of Qwen2.5-0.5B and Qwen2.5-7B (their config.json), and a tiny one for runs on the CPU
-// backend (the dry run of check.sh).
-inline ModelConfig named_shape(std::string_view name) {
-  ModelConfig c;
-  c.model_type = "qwen2";
-  c.rms_norm_eps = 1e-6;
-  c.rope_theta = 1000000.0;
-  c.max_position_embeddings = 32768;
-  c.attention_bias = true;
-  c.torch_dtype = "bfloat16";
-  if (name == "qwen2.5-0.5b") {
-    c.vocab_size = 151936, c.hidden_size = 896, c.intermediate_size = 4864, c.num_hidden_layers = 24;
-    c.num_attention_heads = 14, c.num_key_value_heads = 2, c.head_dim = 64, c.tie_word_embeddings = true;
-  } else if (name == "qwen2.5-7b") {
-    c.vocab_size = 152064, c.hidden_size = 3584, c.intermediate_size = 18944, c.num_hidden_layers = 28;
-    c.num_attention_heads = 28, c.num_key_value_heads = 4, c.head_dim = 128, c.tie_word_embeddings = false;
-  } else if (name == "tiny") {
-    c.vocab_size = 1024, c.hidden_size = 64, c.intermediate_size = 128, c.num_hidden_layers = 2;
-    c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 16, c.tie_word_embeddings = true;
-  } else {
-    throw InputError("unknown shape \"" + std::string(name) + "\" (expected qwen2.5-0.5b, qwen2.5-7b or tiny)");
-  }
-  return c;
-}
 
 // Bytes of bf16 weights one decode step reads: every projection, bias and norm of every layer, the final norm
 // and the LM head ([vocab, hidden], the embedding table itself when tied). The embedding lookup reads one row

@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 
-# The shapes of perf/gpu/gpu_bench.hpp (named_shape), field for field.
+# The shapes of slearn::reference_shape (src/model/reference_shapes.cpp), field for field.
 SHAPES = {
     "qwen2.5-0.5b": dict(vocab=151936, hidden=896, inter=4864, layers=24, heads=14, kv_heads=2, head_dim=64,
                          tied=True),

@@ -116,7 +116,8 @@ KVCache Model::make_cache(std::int32_t slots, std::int32_t capacity) {
 std::int32_t Model::sequences_that_fit(std::int64_t capacity, std::int64_t prompt_tokens, double fraction) {
   const ModelConfig& c = weights_->config;
   Backend& b = *weights_->backend;
-  const double element = static_cast<double>(dtype_size(b.zeros({1}, "probe").dtype()));
+  // The weights are stored in the backend's compute dtype, as the cache and the activations are.
+  const double element = static_cast<double>(dtype_size(weights_->tensors.embed_tokens.dtype()));
   const double q = static_cast<double>(c.num_attention_heads * c.head_dim);
   const double kv = static_cast<double>(c.num_key_value_heads * c.head_dim);
   const double hidden = static_cast<double>(c.hidden_size), inter = static_cast<double>(c.intermediate_size);
@@ -146,7 +147,7 @@ namespace {
 // reloaded adapter can reuse some of the old addresses and not others.
 class StepKey {
  public:
-  void add(std::uint64_t part) { key_ = sample_mix64(key_ ^ (part + 0x9e3779b97f4a7c15ull)); }
+  void add(std::uint64_t part) { key_ = mix64(key_ ^ (part + 0x9e3779b97f4a7c15ull)); }
   void add(const Tensor& t) {
     add(static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(t.data())));
     add(static_cast<std::uint64_t>(t.numel()));
@@ -373,8 +374,8 @@ Model Model::random(const ModelConfig& config, Backend& backend, const RandomIni
   const std::int64_t hidden = config.hidden_size, inter = config.intermediate_size;
   const std::int64_t q_size = config.num_attention_heads * config.head_dim;
   const std::int64_t kv_size = config.num_key_value_heads * config.head_dim;
-  std::uint64_t next_key = sample_mix64(init.seed);
-  auto key = [&] { return next_key = sample_mix64(next_key + 1); };
+  std::uint64_t next_key = mix64(init.seed);
+  auto key = [&] { return next_key = mix64(next_key + 1); };
   auto gain = [&](std::int64_t fan_in) { return init.weight_gain / std::sqrt(static_cast<float>(fan_in)); };
   t.embed_tokens = random_tensor(backend, {config.vocab_size, hidden}, "model.embed_tokens.weight", key(),
                                  init.embed_scale);

@@ -530,24 +530,7 @@ constexpr std::int64_t kRoundingsPerLayer = 13;       // 12 stored activations +
 constexpr std::int64_t kRoundingsPerLayerLora = 21;   // + the adapter's
 
 // Qwen2.5-0.5B's architecture (its config.json), for a random model.
-inline ModelConfig qwen2_0_5b_config() {
-  ModelConfig c;
-  c.model_type = "qwen2";
-  c.vocab_size = 151936;
-  c.hidden_size = 896;
-  c.intermediate_size = 4864;
-  c.num_hidden_layers = 24;
-  c.num_attention_heads = 14;
-  c.num_key_value_heads = 2;
-  c.head_dim = 64;
-  c.rope_theta = 1e6;
-  c.rms_norm_eps = 1e-6;
-  c.max_position_embeddings = 32768;
-  c.tie_word_embeddings = true;
-  c.attention_bias = true;
-  c.torch_dtype = "bfloat16";
-  return c;
-}
+inline ModelConfig qwen2_0_5b_config() { return reference_shape("qwen2.5-0.5b"); }
 
 // A small model with Qwen2-7B's attention geometry (head_dim 128, 7 query heads per kv head) and an untied
 // LM head: 14 heads over 2, hidden 1792, 3 layers, vocabulary 32000.
