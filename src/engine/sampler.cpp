@@ -19,6 +19,12 @@
 namespace slearn {
 namespace {
 
+// The order of the candidates: higher logit first, then lower id (a strict total order without NaN).
+bool comes_before(std::span<const float> logits, std::int32_t a, std::int32_t b) {
+  const float la = logits[static_cast<std::size_t>(a)], lb = logits[static_cast<std::size_t>(b)];
+  return la > lb || (la == lb && a < b);
+}
+
 // The first `size()` entries of `order` are the first candidates of the order, sorted; the rest of
 // [0, end) holds the other candidates in no particular order.
 class SortedPrefix {
@@ -31,10 +37,7 @@ class SortedPrefix {
   // Sorts at least one more candidate (there must be one left).
   void grow() {
     const std::size_t target = std::min(end_, std::max<std::size_t>(kFirstBlock, sorted_ * 8));
-    auto before = [this](std::int32_t a, std::int32_t b) {
-      const float la = logits_[static_cast<std::size_t>(a)], lb = logits_[static_cast<std::size_t>(b)];
-      return la > lb || (la == lb && a < b);
-    };
+    auto before = [this](std::int32_t a, std::int32_t b) { return comes_before(logits_, a, b); };
     const auto first = order_.begin() + static_cast<std::ptrdiff_t>(sorted_);
     const auto middle = order_.begin() + static_cast<std::ptrdiff_t>(target);
     if (target < end_) std::nth_element(first, middle, order_.begin() + static_cast<std::ptrdiff_t>(end_), before);
@@ -88,10 +91,8 @@ TokenId sample_token(std::span<const float> logits, const SamplingOptions& optio
   float kth = -std::numeric_limits<float>::infinity();
   if (options.top_k > 0 && static_cast<std::uint64_t>(options.top_k) < n) {
     const auto k = static_cast<std::ptrdiff_t>(options.top_k);
-    std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), [&](std::int32_t a, std::int32_t b) {
-      const float la = logits[static_cast<std::size_t>(a)], lb = logits[static_cast<std::size_t>(b)];
-      return la > lb || (la == lb && a < b);
-    });
+    std::nth_element(order.begin(), order.begin() + (k - 1), order.end(),
+                     [&](std::int32_t a, std::int32_t b) { return comes_before(logits, a, b); });
     kth = logits[static_cast<std::size_t>(order[static_cast<std::size_t>(k - 1)])];
     // [0, k) are all >= kth already; the tokens tied with the k-th may lie anywhere after.
     candidates = static_cast<std::size_t>(std::partition(order.begin() + k, order.end(), [&](std::int32_t id) {
