@@ -2,6 +2,7 @@
 // on every token, at a small Qwen2 shape (random BF16 weights). The same method as perf/peer_train.py
 // (PyTorch + PEFT), so the two compare directly. Prints one JSON line.
 #include <chrono>
+#include <cmath>
 #include <iostream>
 #include <random>
 
@@ -14,7 +15,7 @@
 #include "slearn/model.hpp"
 #include "slearn/threads.hpp"
 #include "train/lora_graph.hpp"
-#include "train/optimizer.hpp"
+#include "train/flat_adapter.hpp"
 
 int main(int argc, char** argv) {
   namespace fs = std::filesystem;
@@ -51,10 +52,10 @@ int main(int argc, char** argv) {
     lora.alpha = 2.0 * rank;
     lora.dropout = 0.0;
     slearn::LoraAdapter adapter = slearn::LoraAdapter::initialize(model.config(), lora, 1, *backend);
+    slearn::AdapterTrainingState state(*backend, adapter);
     slearn::LoraTrainingGraph graph(model, adapter, recompute);
-    std::vector<slearn::Tensor*> parameters;
-    for (auto& p : adapter.parameters()) parameters.push_back(p.tensor);
-    slearn::AdamW optimizer(slearn::OptimizerSettings{}, parameters);
+    slearn::Tensor flat = backend->zeros_f32({state.layout().elements()}, "gradients");
+    auto gradients = state.layout().views(flat, "grad.");
 
     std::mt19937 rng(2);
     std::uniform_int_distribution<slearn::TokenId> token(0, static_cast<slearn::TokenId>(shape.vocab - 1));
@@ -68,10 +69,11 @@ int main(int argc, char** argv) {
     double best = 1e30;
     for (int s = 0; s < steps + 1; ++s) {
       const auto start = std::chrono::steady_clock::now();
-      auto gradients = graph.make_gradients();
+      backend->zero(flat);
       const auto loss = graph.forward_backward(packed, 1.0f / static_cast<float>(batch * (seq_len - 1)), 0, gradients);
-      slearn::clip_gradients(gradients, slearn::global_norm(gradients), 1.0);
-      optimizer.update(parameters, gradients, 1e-4, s + 1);
+      const auto check = backend->check_flat(flat, state.layout().segment_ends());
+      state.update(flat, slearn::adamw_scalars(slearn::OptimizerSettings{}, 1e-4, s + 1,
+                                               slearn::clip_factor(std::sqrt(check.sum_squares), 1.0)));
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (s > 0) best = std::min(best, seconds);
       (void)loss;

@@ -11,10 +11,13 @@
 #include <string_view>
 #include <vector>
 
+#include "slearn/gradient_sum.hpp"
 #include "slearn/sampling.hpp"
 #include "slearn/tensor.hpp"
 
 namespace slearn {
+
+class Communicator;
 
 // Where each token of a packed batch belongs: its sequence's KV-cache slot and its position in that sequence.
 struct TokenLayout {
@@ -91,7 +94,8 @@ class Backend {
   }
 
   // ---- Training. Tensors are seen as matrices [dim(0), numel / dim(0)]. ----
-  // c = alpha * op(a) op(b) + beta * c, op transposing when asked.
+  // c = alpha * op(a) op(b) + beta * c, op transposing when asked. `c` may be an fp32 tensor (zeros_f32) while
+  // a and b are in the compute dtype: the gradients of the adapter accumulate in fp32 that way, never in bf16.
   virtual void matmul(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, float alpha, float beta,
                       Tensor& c) = 0;
   virtual void scale(Tensor& x, float factor) = 0;
@@ -110,6 +114,40 @@ class Backend {
   virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                   const Tensor& lse, const Tensor& dout, std::span<const std::int64_t> seq_starts,
                                   float scale, Tensor& dq, Tensor& dk, Tensor& dv) = 0;
+  // ---- Training state: the adapter, its gradients and AdamW's moments, each one flat fp32 buffer. ----
+  // (src/train/flat_adapter.hpp lays the adapter out in it; the trainer calls only these ops, on any backend.)
+  // Host fp32 values into `t` (an fp32 or compute-dtype tensor of this backend), converted as upload converts.
+  virtual void write(Tensor& t, std::span<const float> values) = 0;
+  // Zeroes `t` in place.
+  virtual void zero(Tensor& t) = 0;
+  // A copy of the fp32 `master` in the compute dtype, for the matmuls (bf16 on cuda). A backend that computes
+  // in fp32 returns `master` itself: the same memory, so there is nothing to refresh.
+  virtual Tensor compute_copy(const Tensor& master, std::string name) = 0;
+  // Brings `copy` (from compute_copy) up to date with `master` after an update; nothing when they share memory.
+  virtual void refresh_compute_copy(const Tensor& master, Tensor& copy) = 0;
+  // One pass over an fp32 buffer cut into segments (segment_ends: each segment's end, ascending, the last one
+  // numel): the sum of squares, accumulated in double within a segment and then over the segments in order
+  // on cpu (as the trainer always did), in any fixed order elsewhere (deterministic); and the first element
+  // that is not finite (-1: none). Only these scalars reach the host.
+  struct FlatCheck {
+    double sum_squares = 0;
+    std::int64_t first_non_finite = -1;
+  };
+  virtual FlatCheck check_flat(const Tensor& flat, std::span<const std::int64_t> segment_ends) = 0;
+  // One fused AdamW update over the flat buffers (all fp32, same size), torch's single-tensor AdamW in fp32
+  // with the gradient first scaled by grad_scale (clipping): per element
+  //   g = grad * grad_scale; p *= decay; m += one_minus_beta1 (g - m); v = v beta2 + one_minus_beta2 g g;
+  //   p += -step_size (m / (sqrt(v) / correction2_sqrt + eps)).
+  struct AdamWScalars {
+    float decay = 1, one_minus_beta1 = 0, beta2 = 0, one_minus_beta2 = 0, correction2_sqrt = 1, step_size = 0,
+          eps = 0, grad_scale = 1;
+  };
+  virtual void adamw_update(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v, const AdamWScalars& s) = 0;
+  // The gradient sum across the ranks of `comm` for a flat buffer of `elements` (slearn/gradient_sum.hpp).
+  // Collective: every rank of `comm` calls it (the cuda backend creates its NCCL communicator here).
+  virtual std::unique_ptr<GradientSum> make_gradient_sum(Communicator& comm, std::int64_t elements,
+                                                         const GradientSumOptions& options) = 0;
+
   struct CrossEntropyResult {
     double loss_sum = 0;      // summed over rows with a target >= 0
     std::int64_t counted = 0;

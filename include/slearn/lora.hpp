@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -38,8 +39,14 @@ class LoraAdapter {
   // Reads a PEFT adapter directory; the shapes must fit `config`. Unsupported PEFT options (DoRA, bias
   // training, per-layer rank patterns, fan_in_fan_out, ...) are InputErrors naming the key.
   static LoraAdapter load(const std::filesystem::path& dir, const ModelConfig& config, Backend& backend);
-  // Writes adapter_config.json and adapter_model.safetensors (fp32) atomically into `dir`.
+  // Writes adapter_config.json and adapter_model.safetensors (fp32) atomically into `dir`, from the pairs
+  // (which must be host fp32 tensors), or from `values`: every parameter's values in parameters() order, end
+  // to end (a trainer's fp32 master copy, whatever its backend computes in).
   void save(const std::filesystem::path& dir, const std::string& base_model_name) const;
+  void save(const std::filesystem::path& dir, const std::string& base_model_name, std::span<const float> values) const;
+  // Replaces every pair's tensors by `tensors` (parameters() order, same shapes): views of a trainer's
+  // flat buffer (src/train/flat_adapter.hpp).
+  void bind_parameters(std::vector<Tensor> tensors);
 
   const LoraSettings& settings() const { return settings_; }
   float scaling() const { return static_cast<float>(settings_.scaling()); }

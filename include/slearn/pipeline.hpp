@@ -24,7 +24,7 @@ struct PipelineOptions {
 struct StageTime {
   std::string stage;
   double seconds = 0;
-  double device_hours = 0;  // ranks x seconds / 3600: the unit of the paper's tables
+  double device_hours = 0;  // ranks x seconds / 3600 (a rank is one GPU on cuda): the unit of the paper's tables
 };
 
 struct PipelineSummary {
@@ -32,6 +32,7 @@ struct PipelineSummary {
   std::int64_t skipped_steps = 0;  // training steps skipped for non-finite values (nan_policy skip_step), all rounds
   double incorrect_rate = 0;
   int world_size = 1;
+  std::string backend = "cpu";  // what every stage ran on: device-hours are GPU-hours on cuda, rank-hours on cpu
   std::vector<StageTime> stages;
   std::optional<double> accuracy_before, accuracy_after;
 };

@@ -46,7 +46,8 @@ struct OptimizerSettings {
 struct TrainSettings {
   std::int64_t epochs = 5;
   std::int64_t global_batch_size = 64;   // examples per optimizer step, over all ranks
-  std::int64_t micro_batch_size = 4;     // examples per forward/backward on one rank
+  std::string micro_batch_size = "4";    // examples per forward/backward on one rank, or "auto" (memory_fraction)
+  double memory_fraction = 0.8;          // with micro_batch_size auto: share of free memory for activations
   bool gradient_checkpointing = false;
   std::uint64_t seed = 42;
   std::int64_t max_steps = -1;           // stop after this many steps (-1: run all epochs)

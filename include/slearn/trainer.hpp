@@ -44,11 +44,9 @@ struct TrainResult {
   ExampleStats examples;
 };
 
-// Loads the model, tokenizer and data of `config` and trains.
-// The backend a training job runs on, from the configuration's `backend`. LoRA training needs the adapter, its
-// gradients and the optimizer state in host fp32 memory, which only the cpu backend provides today; the GPU
-// trainer (device-side AdamW, NCCL allreduce) is still to come (docs/cuda.md). So "auto" means cpu here, and
-// any other backend is an InputError naming it.
+// The backend a training job runs on, from the configuration's `backend` (make_backend: "auto" picks cuda when
+// a GPU is visible). The trainer's state lives on that backend (train/flat_adapter.hpp); only scalars of a
+// step reach the host.
 std::unique_ptr<Backend> make_training_backend(std::string_view name);
 
 // The most optimizer steps a run may take: far beyond any real run, and small enough that every count derived
@@ -66,6 +64,7 @@ inline std::int64_t steps_per_epoch(std::int64_t examples, std::int64_t global_b
 // the most examples a run can have). `source` names the data in messages.
 std::int64_t training_steps(const TrainSettings& settings, std::int64_t examples, const std::string& source);
 
+// Loads the model, tokenizer and data of `config` and trains.
 TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options);
 
 // Trains on prepared examples with a loaded model (the pipeline's entry point).

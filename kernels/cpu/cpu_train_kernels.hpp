@@ -91,4 +91,27 @@ struct CrossEntropyParams {
 };
 void cross_entropy(CrossEntropyParams& p);
 
+// AdamW over flat fp32 buffers, one pass: the per-element update of Backend::adamw_update (slearn/backend.hpp).
+struct AdamWParams {
+  float* params;
+  const float* grads;
+  float* m;
+  float* v;
+  std::int64_t count;
+  float decay, one_minus_beta1, beta2, one_minus_beta2, correction2_sqrt, step_size, eps, grad_scale;
+};
+void adamw_update(const AdamWParams& p);
+
+// The sum of squares of `values` (double within each segment, then over the segments in order) and the index
+// of its first non-finite element (-1: none).
+struct FlatCheckParams {
+  const float* values;
+  const std::int64_t* segment_ends;  // ascending; the last one is the element count
+  std::int64_t segments;
+  // outputs
+  double sum_squares = 0.0;
+  std::int64_t first_non_finite = -1;
+};
+void flat_check(FlatCheckParams& p);
+
 }  // namespace slearn::cpu

@@ -205,8 +205,12 @@ void CudaBackend::matmul(const Tensor& a, bool transpose_a, const Tensor& b, boo
   expect(k == k_b, a, "matmul inner sizes differ from " + b.name() + " " + b.shape_string());
   expect(rows_of(c) == m && row_size(c) == n, c,
          "matmul output must be [" + std::to_string(m) + ", " + std::to_string(n) + "]");
-  gemm_.run({dev(a), transpose_a, a_cols, dev(b), transpose_b, b_cols, dev(c), cuda::GemmOut::BF16, n, nullptr, m, n,
-             k, alpha, beta, stream_});
+  // An fp32 `c` (the adapter's gradients) takes the GEMM's fp32 accumulators and is read back in fp32 for
+  // beta: gradients accumulate over micro-batches without a bf16 rounding.
+  const bool f32_out = c.dtype() == DType::F32;
+  gemm_.run({dev(a), transpose_a, a_cols, dev(b), transpose_b, b_cols,
+             f32_out ? static_cast<void*>(dev_f32(c)) : dev(c), f32_out ? cuda::GemmOut::F32 : cuda::GemmOut::BF16,
+             n, nullptr, m, n, k, alpha, beta, stream_});
 }
 
 void CudaBackend::scale(Tensor& x, float factor) { cuda::launch_scale({dev(x), x.numel(), factor, stream_}); }

@@ -1,11 +1,13 @@
-// The CUDA backend's class, shared by its three source files: cuda_backend.cpp (memory, the plain ops,
+// The CUDA backend's class, shared by its four source files: cuda_backend.cpp (memory, the plain ops,
 // training ops, device discovery), cuda_backend_step.cpp (the ops that read a step's host inputs: binding,
-// dispatch of attention, sampling, recorded steps) and cuda_backend_loss.cpp (the chunked cross-entropy).
+// dispatch of attention, sampling, recorded steps), cuda_backend_loss.cpp (the chunked cross-entropy) and
+// cuda_backend_train.cpp (the training state: write, zero, the bf16 compute copy, the flat check, AdamW and
+// the gradient sum).
 //
 // Device tensors are bf16 (fp32 from zeros_f32); every kernel accumulates in fp32. Shapes are checked as the
 // CPU backend checks them. All work is queued on the context's stream (device_memory.hpp); nothing here
-// synchronises except to_host, sample and cross_entropy's per-chunk loss copies. Not thread-safe (one
-// backend per thread, as for the CPU backend's callers).
+// synchronises except to_host, write, check_flat, sample and cross_entropy's per-chunk loss copies. Not
+// thread-safe (one backend per thread, as for the CPU backend's callers).
 #pragma once
 
 #include <cstdint>
@@ -96,6 +98,14 @@ class CudaBackend final : public Backend {
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                           const Tensor& dout, std::span<const std::int64_t> seq_starts, float scale_factor,
                           Tensor& dq, Tensor& dk, Tensor& dv) override;
+  void write(Tensor& t, std::span<const float> values) override;
+  void zero(Tensor& t) override;
+  Tensor compute_copy(const Tensor& master, std::string name) override;
+  void refresh_compute_copy(const Tensor& master, Tensor& copy) override;
+  FlatCheck check_flat(const Tensor& flat, std::span<const std::int64_t> segment_ends) override;
+  void adamw_update(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v, const AdamWScalars& s) override;
+  std::unique_ptr<GradientSum> make_gradient_sum(Communicator& comm, std::int64_t elements,
+                                                 const GradientSumOptions& options) override;
   CrossEntropyResult cross_entropy(const Tensor& hidden, const Tensor& lm_head, std::span<const std::int32_t> targets,
                                    float grad_scale, Tensor* dhidden) override;
 
@@ -119,6 +129,13 @@ class CudaBackend final : public Backend {
   cuda::StepGraphs graphs_;
   TokenId* chosen_host_ = nullptr;  // pinned: the sampled ids of a step come back here
   std::size_t chosen_capacity_ = 0;
+  // check_flat's per-block partials and its result on the device, and the pinned host copy of the result
+  // (freed after the destructor's stream synchronisation, which no copy into it can outlast).
+  struct PinnedFree {
+    void operator()(void* p) const { cudaFreeHost(p); }
+  };
+  cuda::DeviceBuffer check_scratch_;
+  std::unique_ptr<void, PinnedFree> check_result_host_;
 };
 
 }  // namespace slearn::cuda_backend

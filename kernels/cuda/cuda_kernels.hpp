@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace slearn::cuda {
@@ -274,5 +275,60 @@ struct CeChunkGradParams {
   cudaStream_t stream;
 };
 void launch_ce_chunk_grad(const CeChunkGradParams& p);
+
+
+// ---- The optimizer's kernels over the flat fp32 training state (optimizer.cu) ----
+
+// One fused AdamW update per element of the flat buffers, Backend::adamw_update's formula in its order of
+// fp32 operations, each rounded on its own (no contraction into FMA).
+struct AdamWParams {
+  float* params;       // [count], updated
+  const float* grads;  // [count]
+  float* m;            // [count], updated
+  float* v;            // [count], updated
+  std::int64_t count;
+  float decay, one_minus_beta1, beta2, one_minus_beta2, correction2_sqrt, step_size, eps, grad_scale;
+  cudaStream_t stream;
+};
+void launch_adamw(const AdamWParams& p);
+
+// What launch_flat_check leaves in device memory for one small copy to the host.
+struct FlatCheckResult {
+  double sum_squares;
+  std::int64_t first_non_finite;  // -1: every element is finite
+};
+// Scratch that launch_flat_check needs for its per-block partials, whatever the count.
+constexpr std::size_t kFlatCheckScratchBytes = 1024 * (sizeof(double) + sizeof(std::int64_t));
+
+// The sum of squares (in double) and the first non-finite index of an fp32 buffer, deterministic: a grid of
+// blocks fixed by `count` alone, each reducing one contiguous range in a fixed tree order, then one block
+// reducing the partials in order. The summation order is not the CPU's segment by segment one.
+struct FlatCheckParams {
+  const float* values;      // [count]
+  std::int64_t count;
+  void* scratch;            // kFlatCheckScratchBytes of device memory
+  FlatCheckResult* result;  // device memory, written
+  cudaStream_t stream;
+};
+void launch_flat_check(const FlatCheckParams& p);
+
+// dst[i] = bf16(src[i]), rounded to nearest even with NaN kept NaN, bit for bit slearn::f32_to_bf16: the
+// bf16 compute copy of the fp32 master weights.
+struct CastF32ToBf16Params {
+  const float* src;
+  bf16* dst;
+  std::int64_t count;
+  cudaStream_t stream;
+};
+void launch_cast_f32_to_bf16(const CastF32ToBf16Params& p);
+
+// x *= factor over fp32 values (the beta of an fp32 GEMM output when there is no product: k = 0).
+struct ScaleF32Params {
+  float* x;
+  std::int64_t count;
+  float factor;
+  cudaStream_t stream;
+};
+void launch_scale_f32(const ScaleF32Params& p);
 
 }  // namespace slearn::cuda

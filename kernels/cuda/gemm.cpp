@@ -75,7 +75,12 @@ Gemm::~Gemm() {
 void Gemm::run(const GemmParams& p) {
   if (p.m == 0 || p.n == 0) return;
   if (p.k == 0) {  // no product: c = beta * c (+ bias); cuBLASLt rejects k = 0
-    if (p.c_type != GemmOut::BF16) throw_error("gemm: k = 0 is only supported for bf16 outputs");
+    if (p.c_type == GemmOut::F32) {  // an fp32 accumulator (gradients): takes no bias
+      if (p.bias != nullptr) throw_error("gemm: a bias needs a contiguous bf16 output");
+      for (std::int64_t r = 0; r < p.m; ++r)
+        launch_scale_f32({static_cast<float*>(p.c) + r * p.ldc, p.n, p.beta, p.stream});
+      return;
+    }
     for (std::int64_t r = 0; r < p.m; ++r)
       launch_scale({static_cast<bf16*>(p.c) + r * p.ldc, p.n, p.beta, p.stream});
     if (p.bias != nullptr) launch_bias_add({static_cast<bf16*>(p.c), static_cast<const bf16*>(p.bias), p.m, p.n, p.stream});

@@ -57,6 +57,7 @@ Command add_merge_command(CLI::App& app) {
   struct Options {
     std::string model, adapter, out;
     std::uint64_t max_shard_bytes = 5'000'000'000ull;
+    std::string backend = "auto";
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("merge", "Fold a LoRA adapter into its base model (a Hugging Face checkpoint)");
@@ -64,6 +65,12 @@ Command add_merge_command(CLI::App& app) {
   sub->add_option("--adapter", o->adapter, "PEFT adapter directory")->required();
   sub->add_option("--out", o->out, "Output directory")->required();
   sub->add_option("--max-shard-bytes", o->max_shard_bytes, "Largest shard before splitting")->capture_default_str();
+  // Accepted so that a GPU job's settings work here too. A merge reads and writes every weight once and is
+  // bound by that I/O, so its arithmetic is the host's fp32 on any backend: the merged checkpoint is the same
+  // bit for bit on a CPU or a GPU node (docs/training.md).
+  sub->add_option("--backend", o->backend, "cpu, cuda or auto (the merge computes in fp32 on the host on all)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
   return [o]() {
     const MergeResult r = merge_adapter(o->model, o->adapter, o->out, o->max_shard_bytes);
     std::fprintf(stderr, "slearn_dist merge: %zu tensors (%zu merged) in %zu shard(s), %.1f MB, written to %s\n",

@@ -398,6 +398,19 @@ Rule int_in_range(std::int64_t min, std::int64_t max) {
           }};
 }
 
+Rule auto_or_int_in_range(std::int64_t min, std::int64_t max) {
+  const std::string description = "auto or " + std::to_string(min) + " to " + std::to_string(max);
+  return {description, [min, max](const Value& v) -> std::optional<std::string> {
+            const auto* text = std::get_if<std::string>(&v);
+            if (text == nullptr || *text == "auto") return std::nullopt;
+            std::int64_t n = 0;
+            const auto [end, error] = std::from_chars(text->data(), text->data() + text->size(), n);
+            if (error != std::errc() || end != text->data() + text->size() || n < min || n > max)
+              return "must be auto or a whole number between " + std::to_string(min) + " and " + std::to_string(max);
+            return std::nullopt;
+          }};
+}
+
 Rule int_minus_one_or_at_least(std::int64_t min) {
   const std::string description = "-1 or >= " + std::to_string(min);
   return {description, [min, description](const Value& v) -> std::optional<std::string> {

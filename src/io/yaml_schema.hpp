@@ -44,6 +44,8 @@ struct Rule {
 // Common rules. Integer rules apply to Int and OptionalInt (null passes); float rules to Float.
 Rule int_at_least(std::int64_t min);
 Rule int_in_range(std::int64_t min, std::int64_t max);
+// A string field holding "auto" or a whole number in [min, max] (sizes chosen from free memory when auto).
+Rule auto_or_int_in_range(std::int64_t min, std::int64_t max);
 Rule int_minus_one_or_at_least(std::int64_t min);  // -1 (meaning "off") or >= min
 Rule float_greater_than(double min);
 Rule float_at_least(double min);

@@ -1,6 +1,7 @@
 // The CPU backend: checks shapes, then hands raw pointers to the kernels in kernels/cpu.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -9,6 +10,7 @@
 
 #include "cpu/cpu_kernels.hpp"
 #include "cpu/cpu_train_kernels.hpp"
+#include "dist/host_gradient_sum.hpp"
 #include "slearn/backend.hpp"
 #include "slearn/error.hpp"
 #include "slearn/random_fill.hpp"
@@ -243,6 +245,39 @@ class CpuBackend final : public Backend {
     cpu::attention_backward({q.f32(), k.f32(), v.f32(), out.f32(), lse.f32(), dout.f32(), dq.f32(), dk.f32(),
                              dv.f32(), seq_starts.data(), static_cast<std::int64_t>(seq_starts.size()) - 1, q.dim(0),
                              q.dim(1), k.dim(1), q.dim(2), scale_factor});
+  }
+
+  void write(Tensor& t, std::span<const float> values) override {
+    expect(static_cast<std::int64_t>(values.size()) == t.numel(), t, "write: " + std::to_string(values.size()) +
+                                                                          " values for this tensor");
+    std::copy(values.begin(), values.end(), t.f32());
+  }
+  void zero(Tensor& t) override { std::fill_n(t.f32(), t.numel(), 0.0f); }
+  // fp32 is the compute dtype: the master is its own compute copy.
+  Tensor compute_copy(const Tensor& master, std::string name) override {
+    (void)name;
+    (void)master.f32();  // a host fp32 tensor
+    return master;
+  }
+  void refresh_compute_copy(const Tensor& master, Tensor& copy) override {
+    expect(copy.data() == master.data(), copy, "compute copy must share the master's memory on the cpu backend");
+  }
+  FlatCheck check_flat(const Tensor& flat, std::span<const std::int64_t> segment_ends) override {
+    expect(!segment_ends.empty() && segment_ends.back() == flat.numel(), flat,
+           "check_flat: the segments must end at the tensor's size");
+    cpu::FlatCheckParams params{flat.f32(), segment_ends.data(), static_cast<std::int64_t>(segment_ends.size())};
+    cpu::flat_check(params);
+    return {params.sum_squares, params.first_non_finite};
+  }
+  void adamw_update(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v, const AdamWScalars& s) override {
+    expect(grads.numel() == params.numel() && m.numel() == params.numel() && v.numel() == params.numel(), params,
+           "adamw_update: parameters, gradients and moments differ in size");
+    cpu::adamw_update({params.f32(), grads.f32(), m.f32(), v.f32(), params.numel(), s.decay, s.one_minus_beta1,
+                       s.beta2, s.one_minus_beta2, s.correction2_sqrt, s.step_size, s.eps, s.grad_scale});
+  }
+  std::unique_ptr<GradientSum> make_gradient_sum(Communicator& comm, std::int64_t elements,
+                                                 const GradientSumOptions& options) override {
+    return make_host_gradient_sum(comm, elements, options);
   }
 
   CrossEntropyResult cross_entropy(const Tensor& hidden, const Tensor& lm_head, std::span<const std::int32_t> targets,

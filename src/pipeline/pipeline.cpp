@@ -179,9 +179,13 @@ std::string table(const PipelineSummary& s, const std::vector<StageTime>& stages
                   static_cast<long long>(s.skipped_steps));
     out << line;
   }
+  const std::string devices = std::to_string(s.world_size) + (s.backend == "cuda" ? " GPU(s), cuda" : " rank(s), cpu");
+  std::snprintf(line, sizeof line, "%-22s %12s\n", "devices", devices.c_str());
+  out << line;
+  const char* unit = s.backend == "cuda" ? "GPU-hours" : "device-hours";
   for (const auto& st : stages) {
-    std::snprintf(line, sizeof line, "%-22s %10.2f s %10.5f device-hours\n", ("time: " + st.stage).c_str(), st.seconds,
-                  st.device_hours);
+    std::snprintf(line, sizeof line, "%-22s %10.2f s %10.5f %s\n", ("time: " + st.stage).c_str(), st.seconds,
+                  st.device_hours, unit);
     out << line;
   }
   auto pct = [](std::optional<double> v) { return v ? std::to_string(100.0 * *v).substr(0, 5) + "%" : std::string("-"); };
@@ -212,7 +216,7 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
   Judge judge{config.judge, nullptr, nullptr, format};
   check_on_all_ranks(comm, [&] {
     check_run_dir_usable(config.run_dir);  // first: a run_dir that cannot be used is the cheapest thing to find
-    backend = make_training_backend(config.backend);  // the pipeline trains with the backend it answers with
+    backend = make_training_backend(config.backend);  // every stage runs on it: answer, judge, train, eval
     model_slot.emplace(Model::load(config.model, *backend));
     tokenizer_slot.emplace(Tokenizer::from_dir(config.model));
     check_tokenizer_fits_vocab(*tokenizer_slot, model_slot->config().vocab_size, fs::path(config.model) / "tokenizer.json");
@@ -254,6 +258,7 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
 
   PipelineSummary summary;
   summary.world_size = world;
+  summary.backend = std::string(backend->name());
   summary.records = static_cast<std::int64_t>(data.records.size());
   summary.bad_records = static_cast<std::int64_t>(data.bad.size());
   std::map<std::string, double> seconds;
@@ -343,6 +348,8 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
                         {"skipped_steps", summary.skipped_steps},
                         {"train_on", config.train_on},
                         {"rounds", config.rounds},
+                        {"backend", summary.backend},
+                        {"devices", summary.world_size},
                         {"world_size", world},
                         {"stages", stages},
                         {"accuracy_before", optional_number(summary.accuracy_before)},

@@ -28,20 +28,6 @@ Rule threads_rule() {
   return rule;
 }
 
-// "auto" or a whole number of sequences in [1, 2^31 - 1].
-Rule batch_size_rule() {
-  return {"auto or >= 1", [](const Value& v) -> std::optional<std::string> {
-            const auto* text = std::get_if<std::string>(&v);
-            if (text == nullptr || *text == "auto") return std::nullopt;
-            std::int64_t n = 0;
-            const auto [end, error] = std::from_chars(text->data(), text->data() + text->size(), n);
-            if (error != std::errc() || end != text->data() + text->size() || n < 1 ||
-                n > std::numeric_limits<std::int32_t>::max())
-              return "must be auto or a whole number between 1 and 2147483647";
-            return std::nullopt;
-          }};
-}
-
 // (0, 1]: a nucleus of 1 keeps every token.
 Rule probability_above_zero() {
   return {"> 0 and <= 1", [](const Value& v) -> std::optional<std::string> {
@@ -91,7 +77,7 @@ Fields<AnswerSettings> answer_fields() {
       field("top_p", &S::top_p, probability_above_zero(), "nucleus sampling threshold; 1: off"),
       field("top_k", &S::top_k, int_at_least(0), "sample from the k most likely tokens; 0: off"),
       field("seed", &S::seed, int_at_least(0), "seed of the sampling (each question has its own stream)"),
-      field("batch_size", &S::batch_size, batch_size_rule(),
+      field("batch_size", &S::batch_size, yaml_schema::auto_or_int_in_range(1, std::numeric_limits<std::int32_t>::max()),
             "questions answered together on one rank; auto: as many as fit in kv_memory_fraction of the free memory"),
       field("kv_memory_fraction", &S::kv_memory_fraction, probability_above_zero(),
             "with batch_size auto: the share of the memory left after the weights that the KV cache and the "
@@ -156,7 +142,7 @@ const Fields<RunConfig>& fields() {
               "adapter and checkpoints, and the evaluation",
               true),
         field("backend", &D::backend, one_of({"auto", "cpu", "cuda"}),
-              "where to compute; training runs on cpu only for now (the GPU trainer is to come: docs/cuda.md), so auto means cpu here"),
+              "where to compute, for every stage: cpu, cuda (one GPU per rank), or auto (cuda when a GPU is visible)"),
         field("threads", &D::threads, threads_rule(),
               "CPU threads per rank; null: the cores available, shared among the ranks on the node"),
         field("log_every_seconds", &D::log_every_seconds, int_at_least(1),

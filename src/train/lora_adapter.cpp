@@ -194,7 +194,28 @@ LoraAdapter LoraAdapter::load(const std::filesystem::path& dir, const ModelConfi
   return adapter;
 }
 
+void LoraAdapter::bind_parameters(std::vector<Tensor> tensors) {
+  auto parameters = this->parameters();
+  if (tensors.size() != parameters.size())
+    throw Error("adapter: " + std::to_string(tensors.size()) + " tensors given for " +
+                std::to_string(parameters.size()) + " parameters");
+  for (std::size_t i = 0; i < parameters.size(); ++i) {
+    if (tensors[i].shape() != parameters[i].tensor->shape())
+      throw Error("adapter: tensor " + tensors[i].name() + " " + tensors[i].shape_string() + " cannot stand for " +
+                  parameters[i].key + " " + parameters[i].tensor->shape_string());
+    *parameters[i].tensor = std::move(tensors[i]);
+  }
+}
+
 void LoraAdapter::save(const std::filesystem::path& dir, const std::string& base_model_name) const {
+  std::vector<float> values;
+  for (const auto& p : const_cast<LoraAdapter*>(this)->parameters())
+    values.insert(values.end(), p.tensor->f32(), p.tensor->f32() + p.tensor->numel());
+  save(dir, base_model_name, values);
+}
+
+void LoraAdapter::save(const std::filesystem::path& dir, const std::string& base_model_name,
+                       std::span<const float> values) const {
   nlohmann::json config{{"peft_type", "LORA"},
                         {"task_type", "CAUSAL_LM"},
                         {"base_model_name_or_path", base_model_name},
@@ -215,9 +236,14 @@ void LoraAdapter::save(const std::filesystem::path& dir, const std::string& base
                         {"revision", nullptr}};
   std::vector<TensorToWrite> tensors;
   auto* self = const_cast<LoraAdapter*>(this);
-  for (const auto& p : self->parameters())
-    tensors.push_back({p.key, p.tensor->shape(), DType::F32,
-                       std::span<const float>(p.tensor->f32(), static_cast<std::size_t>(p.tensor->numel()))});
+  std::size_t at = 0;
+  for (const auto& p : self->parameters()) {
+    const auto count = static_cast<std::size_t>(p.tensor->numel());
+    if (at + count > values.size()) throw Error("adapter save: fewer values than parameters");
+    tensors.push_back({p.key, p.tensor->shape(), DType::F32, values.subspan(at, count)});
+    at += count;
+  }
+  if (at != values.size()) throw Error("adapter save: more values than parameters");
   // The two files belong together: the directory is replaced as a whole, so a kill never leaves new weights
   // beside an old configuration, or a directory that looks like an adapter but lacks a file.
   replace_directory_atomically(dir, [&](const std::filesystem::path& tmp) {

@@ -198,7 +198,8 @@ void LoraTrainingGraph::layer_backward(std::size_t l, const PackedBatch& batch, 
 }
 
 BatchLoss LoraTrainingGraph::forward_backward(const PackedBatch& batch, float grad_scale, std::uint64_t dropout_key,
-                                              std::vector<Tensor>& gradients) {
+                                              std::vector<Tensor>& gradients,
+                                              const std::function<void(std::size_t layer)>& layer_done) {
   const ModelConfig& c = model_.config();
   const ModelWeights& w = model_.weights();
   Backend& b = model_.backend();
@@ -236,10 +237,30 @@ BatchLoss LoraTrainingGraph::forward_backward(const PackedBatch& batch, float gr
     LayerActivations& acts = kept[recompute_ ? 0 : l];
     if (recompute_) layer_forward(l, batch, xs[l], acts, scratch_out, dropout_key, true);
     layer_backward(l, batch, xs[l], acts, d_x, d_prev, dropout_key, gradients);
+    if (layer_done) layer_done(l);
     std::swap(d_x, d_prev);
     if (!recompute_) acts = LayerActivations{};  // free as we go
   }
   return {ce.loss_sum, ce.counted};
+}
+
+std::size_t LoraTrainingGraph::activation_bytes_per_token() const {
+  const ModelConfig& c = model_.config();
+  const auto element = static_cast<std::int64_t>(dtype_size(model_.weights().embed_tokens.dtype()));
+  const std::int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  std::int64_t lora = 0;
+  for (std::size_t t = 0; t < kLoraTargetCount; ++t)
+    lora += adapter_.find(0, static_cast<LoraTarget>(t)) ? adapter_.settings().r : 0;
+  // LayerActivations: normed1, q, k, v, attn, x_mid, normed2, gate, up, act, the LoRA t's; lse in fp32.
+  const std::int64_t layer_kept = element * (3 * c.hidden_size + 2 * q + 2 * kv + 3 * c.intermediate_size + lora) +
+                                  4 * c.num_attention_heads;
+  // The backward's transients of one layer: d_act, d_gate, d_up, dq, dk, dv, d_attn, the norms' gradients,
+  // a dropout copy of the widest input.
+  const std::int64_t layer_transient = element * (4 * c.intermediate_size + 2 * q + 2 * kv + 4 * c.hidden_size);
+  const std::int64_t layers = c.num_hidden_layers;
+  const std::int64_t inputs = element * c.hidden_size * (layers + 1);  // every layer's input (xs)
+  const std::int64_t kept = recompute_ ? layer_kept : layers * layer_kept;
+  return static_cast<std::size_t>(inputs + kept + layer_transient);
 }
 
 BatchLoss LoraTrainingGraph::loss(const PackedBatch& batch) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -37,10 +38,18 @@ class LoraTrainingGraph {
 
   // Forward and backward; adds grad_scale * d(loss_sum)/d(parameter) into `gradients`. `dropout_key` seeds
   // the adapters' dropout masks (each layer and projection derives its own).
+  // `layer_done(l)`, when given, is called once layer l's backward has queued its last write to the
+  // gradients (layers are done from the last to the first): a gradient sum may start on those layers.
   BatchLoss forward_backward(const PackedBatch& batch, float grad_scale, std::uint64_t dropout_key,
-                             std::vector<Tensor>& gradients);
+                             std::vector<Tensor>& gradients,
+                             const std::function<void(std::size_t layer)>& layer_done = {});
   // Loss only (no dropout, nothing kept).
   BatchLoss loss(const PackedBatch& batch);
+
+  // An upper estimate of the bytes one token of a micro-batch needs between and during the passes (what
+  // is kept for the backward, plus one layer's worth recomputed and the backward's transients), in the
+  // backend's compute dtype: what micro_batch_size auto divides the free memory by.
+  std::size_t activation_bytes_per_token() const;
 
   // Bytes of activations the last forward_backward kept for its backward (the peak, between the passes).
   std::size_t activation_bytes() const { return activation_bytes_; }

@@ -60,7 +60,7 @@ const Fields<TrainConfig>& fields() {
         field("run_dir", &D::run_dir, std::nullopt,
               "output directory of the run: adapter/, checkpoints/, metrics.jsonl", true),
         field("backend", &D::backend, one_of({"auto", "cpu", "cuda"}),
-              "where to compute; training runs on cpu only for now (the GPU trainer is to come: docs/cuda.md), so auto means cpu here"),
+              "where to compute, for every stage: cpu, cuda (one GPU per rank), or auto (cuda when a GPU is visible)"),
         field("threads", &D::threads, threads_rule(),
               "CPU threads per rank; null: the cores available, shared among the ranks on the node"),
         field("log_every_steps", &D::log_every_steps, yaml_schema::int_at_least(1),

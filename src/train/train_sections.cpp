@@ -49,8 +49,12 @@ const Fields<TrainSettings>& train_fields() {
       field("epochs", &S::epochs, yaml_schema::int_in_range(1, 1'000'000), "passes over the data"),
       field("global_batch_size", &S::global_batch_size, yaml_schema::int_in_range(1, 1 << 30),
             "examples per optimizer step, over all ranks"),
-      field("micro_batch_size", &S::micro_batch_size, yaml_schema::int_in_range(1, 1 << 30),
-            "examples per forward/backward pass on one rank; gradients accumulate up to the global batch"),
+      field("micro_batch_size", &S::micro_batch_size, yaml_schema::auto_or_int_in_range(1, 1 << 30),
+            "examples per forward/backward pass on one rank; gradients accumulate up to the global batch; auto: "
+            "as many max_length examples as fit in memory_fraction of the memory free after the weights"),
+      field("memory_fraction", &S::memory_fraction, yaml_schema::float_in_half_open(0.05, 1.0),
+            "with micro_batch_size auto: the share of the free memory the activations of one micro-batch may "
+            "take (the rest is left for the gradient sum, the optimizer and fragmentation)"),
       field("gradient_checkpointing", &S::gradient_checkpointing, std::nullopt,
             "recompute each layer's activations in the backward pass, to save memory"),
       field("seed", &S::seed, yaml_schema::int_at_least(0),

@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -22,6 +24,7 @@
 #include "slearn/stop.hpp"
 #include "slearn/threads.hpp"
 #include "train/lora_graph.hpp"
+#include "train/flat_adapter.hpp"
 #include "train/optimizer.hpp"
 #include "util/atomic_file.hpp"
 #include "util/run_dir.hpp"
@@ -63,24 +66,6 @@ std::string shaping_settings(const TrainConfig& c) {
   return out.str();
 }
 
-std::vector<NamedArray> to_arrays(const std::vector<std::string>& keys, const std::vector<Tensor*>& tensors) {
-  std::vector<NamedArray> arrays;
-  for (std::size_t i = 0; i < tensors.size(); ++i)
-    arrays.push_back({keys[i], tensors[i]->shape(),
-                      std::vector<float>(tensors[i]->f32(), tensors[i]->f32() + tensors[i]->numel())});
-  return arrays;
-}
-
-void from_arrays(const std::vector<NamedArray>& arrays, const std::vector<std::string>& keys,
-                 const std::vector<Tensor*>& tensors, const std::string& what) {
-  if (arrays.size() != tensors.size()) throw InputError("checkpoint: " + what + " holds a different set of tensors");
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    if (arrays[i].name != keys[i] || arrays[i].shape != tensors[i]->shape())
-      throw InputError("checkpoint: " + what + " tensor \"" + arrays[i].name + "\" does not match \"" + keys[i] + "\"");
-    std::copy(arrays[i].values.begin(), arrays[i].values.end(), tensors[i]->f32());
-  }
-}
-
 // metrics.jsonl keeps the lines of steps <= `step` (those a resumed run will not redo), atomically. Returns
 // how many of the kept lines are skipped steps (nan_policy skip_step), so the count spans resumed runs. Each
 // line is written (and flushed) before the checkpoint of its step, so the kept lines are steps 1..step, each
@@ -115,34 +100,38 @@ std::int64_t truncate_metrics(const fs::path& path, std::int64_t step, const fs:
   return skipped;
 }
 
-bool all_finite(const Tensor& t) {
-  const float* v = t.f32();
-  for (std::int64_t i = 0; i < t.numel(); ++i)
-    if (!std::isfinite(v[i])) return false;
-  return true;
-}
-
-// Where a non-finite value shows first in a step: the summed loss, else the first LoRA parameter (in adapter
-// order: layer, projection, A before B) whose summed gradient holds one; empty when all are finite.
-std::string first_non_finite(double loss_sum, const std::vector<Tensor>& gradients,
-                             const std::vector<std::string>& keys) {
-  if (!std::isfinite(loss_sum)) return std::string("the loss (") + (std::isnan(loss_sum) ? "NaN" : "Inf") + ")";
-  for (std::size_t i = 0; i < gradients.size(); ++i) {
-    const float* v = gradients[i].f32();
-    for (std::int64_t j = 0; j < gradients[i].numel(); ++j)
-      if (!std::isfinite(v[j]))
-        return "the gradient of " + keys[i] + " (" + (std::isnan(v[j]) ? "NaN" : "Inf") + " at element " +
-               std::to_string(j) + ")";
-  }
-  return {};
-}
-
 std::string format_duration(double seconds) {
   const auto s = static_cast<long>(seconds);
   char buffer[32];
   if (s >= 3600) std::snprintf(buffer, sizeof buffer, "%ldh%02ldm", s / 3600, s / 60 % 60);
   else std::snprintf(buffer, sizeof buffer, "%ldm%02lds", s / 60, s % 60);
   return buffer;
+}
+
+// train.micro_batch_size: the number given, or with auto as many examples of the longest length as fit in
+// memory_fraction of the memory this backend has left (weights, adapter state and gradient sum are already
+// allocated), at most a rank's share of the global batch. The micro-batches deal the global batch the same
+// way on every rank, so every rank takes the smallest rank's choice.
+std::int64_t choose_micro_batch_size(const TrainSettings& tc, const std::vector<TrainingExample>& examples,
+                                     const LoraTrainingGraph& graph, Backend& backend, Communicator& comm,
+                                     bool report) {
+  if (tc.micro_batch_size != "auto") return std::stoll(tc.micro_batch_size);  // checked by the schema
+  std::size_t longest = 1;
+  for (const auto& e : examples) longest = std::max(longest, e.tokens.size());
+  const double per_example = static_cast<double>(graph.activation_bytes_per_token()) * static_cast<double>(longest);
+  const double free_bytes = static_cast<double>(backend.free_memory_bytes());
+  const std::int64_t share = (tc.global_batch_size + comm.size() - 1) / comm.size();
+  const auto fit = static_cast<std::int64_t>(std::floor(tc.memory_fraction * free_bytes / per_example));
+  const std::int64_t mine = std::clamp<std::int64_t>(fit, 1, share);
+  const std::int64_t mine_values[] = {mine};
+  const std::vector<std::int64_t> all = comm.allgather(mine_values);
+  const std::int64_t chosen = *std::min_element(all.begin(), all.end());
+  if (report)
+    std::fprintf(stderr, "slearn_dist train: micro_batch_size auto: %lld (%.1f MiB of activations per example of "
+                 "%zu tokens, %.2f GiB free on rank 0, memory_fraction %.2f)%s\n",
+                 static_cast<long long>(chosen), per_example / (1 << 20), longest, free_bytes / (1 << 30),
+                 tc.memory_fraction, fit < 1 ? "; even one example may not fit: consider gradient_checkpointing" : "");
+  return chosen;
 }
 
 }  // namespace
@@ -163,17 +152,20 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
                                   " config:" + fingerprint_text(shaping_settings(config) + options.initial_adapter);
 
   Backend& backend = model.backend();
+  // The adapter is made in fp32 on the host (initialised or read), then moved onto the model's backend as the
+  // trainer's flat state: an fp32 master, the copy the matmuls read, AdamW's moments (train/flat_adapter.hpp).
+  const auto host = make_cpu_backend();
   LoraAdapter adapter = options.initial_adapter.empty()
-                            ? LoraAdapter::initialize(model.config(), config.lora, tc.seed, backend)
-                            : LoraAdapter::load(options.initial_adapter, model.config(), backend);
-  std::vector<Tensor*> parameters;
-  std::vector<std::string> keys;
-  for (auto& p : adapter.parameters()) {
-    parameters.push_back(p.tensor);
-    keys.push_back(p.key);
-  }
-  AdamW optimizer(config.optimizer, parameters);
+                            ? LoraAdapter::initialize(model.config(), config.lora, tc.seed, *host)
+                            : LoraAdapter::load(options.initial_adapter, model.config(), *host);
+  AdapterTrainingState state(backend, adapter);
+  const FlatLayout& layout = state.layout();
   LoraTrainingGraph graph(model, adapter, tc.gradient_checkpointing);
+  const std::unique_ptr<GradientSum> gradient_sum =
+      backend.make_gradient_sum(comm, layout.elements(), GradientSumOptions{});
+  std::vector<Tensor> gradients = layout.views(gradient_sum->gradients(), "grad.");
+  const std::int64_t micro =
+      choose_micro_batch_size(tc, examples, graph, backend, comm, leader && options.show_progress);
 
   const auto count = static_cast<std::int64_t>(examples.size());
   const std::int64_t epoch_steps = steps_per_epoch(count, tc.global_batch_size);
@@ -188,12 +180,10 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   check_on_all_ranks(comm, [&] {
     if (!options.force) restored = load_latest_checkpoint(checkpoint_dir, fingerprint);
     if (restored) {
-      from_arrays(restored->adapter, keys, parameters, "adapter");
-      std::vector<Tensor*> m, v;
-      for (auto& t : optimizer.first_moments()) m.push_back(&t);
-      for (auto& t : optimizer.second_moments()) v.push_back(&t);
-      from_arrays(restored->adam_m, keys, m, "adam_m");
-      from_arrays(restored->adam_v, keys, v, "adam_v");
+      state.from_arrays(restored->adapter, state.master(), "adapter");
+      state.from_arrays(restored->adam_m, state.first_moments(), "adam_m");
+      state.from_arrays(restored->adam_v, state.second_moments(), "adam_v");
+      state.refresh_compute_copy();
       step = restored->step;
       result.resumed_from = step;
     }
@@ -208,29 +198,27 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   auto save = [&](std::int64_t done) {
     // A checkpoint is what a resumed run trusts: one holding a NaN would poison every run after it. Every rank
     // holds the same parameters and moments, so every rank checks and all of them stop alike.
-    for (std::size_t i = 0; i < parameters.size(); ++i)
-      if (!all_finite(*parameters[i]) || !all_finite(optimizer.first_moments()[i]) ||
-          !all_finite(optimizer.second_moments()[i])) {
-        mark_failure_agreed();
+    for (Tensor* flat : {&state.master(), &state.first_moments(), &state.second_moments()}) {
+      const std::int64_t bad = backend.check_flat(*flat, layout.segment_ends()).first_non_finite;
+      if (bad < 0) continue;
+      mark_failure_agreed();
       if (!leader) throw ReportedByAnotherRank(0, 1);
-        throw Error("training step " + std::to_string(done) + ": " + keys[i] +
-                    " or its optimizer state is not finite; no checkpoint written, the last good one is kept");
-      }
+      throw Error("training step " + std::to_string(done) + ": " + layout.describe(bad) +
+                  (flat == &state.master() ? "" : " of AdamW's " + flat->name()) +
+                  " is not finite; no checkpoint written, the last good one is kept");
+    }
     if (!leader) return;
-    TrainState state;
-    state.step = done;
-    state.epoch = done / epoch_steps;
-    state.position = (done % epoch_steps) * tc.global_batch_size;
-    state.adapter = to_arrays(keys, parameters);
-    std::vector<Tensor*> m, v;
-    for (auto& t : optimizer.first_moments()) m.push_back(&t);
-    for (auto& t : optimizer.second_moments()) v.push_back(&t);
-    state.adam_m = to_arrays(keys, m);
-    state.adam_v = to_arrays(keys, v);
-    state.rng_state = "counter-based: seed " + std::to_string(tc.seed) + ", step " + std::to_string(done);
-    state.config_yaml = config.source_text;
-    state.fingerprint = fingerprint;
-    save_checkpoint(checkpoint_dir, state, config.checkpoint.keep_last);
+    TrainState checkpoint;
+    checkpoint.step = done;
+    checkpoint.epoch = done / epoch_steps;
+    checkpoint.position = (done % epoch_steps) * tc.global_batch_size;
+    checkpoint.adapter = state.to_arrays(state.master());
+    checkpoint.adam_m = state.to_arrays(state.first_moments());
+    checkpoint.adam_v = state.to_arrays(state.second_moments());
+    checkpoint.rng_state = "counter-based: seed " + std::to_string(tc.seed) + ", step " + std::to_string(done);
+    checkpoint.config_yaml = config.source_text;
+    checkpoint.fingerprint = fingerprint;
+    save_checkpoint(checkpoint_dir, checkpoint, config.checkpoint.keep_last);
   };
 
   std::ofstream metrics;
@@ -265,12 +253,9 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
     // computed alone and added into double sums, which the allreduce adds in double too: float sums grouped
     // by rank would round differently for each world size, and Adam would carry the difference into the
     // adapter. So the adapter is the same for 1, 2 or 4 ranks, dropout masks included (keyed by j).
-    auto gradients = graph.make_gradients();
-    std::vector<std::vector<double>> gradient_sums(gradients.size());
-    for (std::size_t i = 0; i < gradients.size(); ++i)
-      gradient_sums[i].assign(static_cast<std::size_t>(gradients[i].numel()), 0.0);
+    GradientSum& sum = *gradient_sum;
+    sum.begin_step();
     std::vector<double> loss_sum{0.0};
-    const std::int64_t micro = tc.micro_batch_size;
     const std::int64_t micro_batches = (end - begin + micro - 1) / micro;
     bool interrupted = false;
     for (std::int64_t j = comm.rank(); j < micro_batches; j += comm.size()) {
@@ -285,37 +270,56 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
         const auto& example = examples[order[static_cast<std::size_t>(i)]];
         batch.add(example.tokens, example.targets);
       }
-      for (Tensor& g : gradients) std::fill_n(g.f32(), g.numel(), 0.0f);
-      const BatchLoss loss = graph.forward_backward(batch, 1.0f / static_cast<float>(std::max<std::int64_t>(1, learned)),
-                                                    dropout_key(tc.seed, step, static_cast<std::size_t>(j)), gradients);
-      for (std::size_t i = 0; i < gradients.size(); ++i) {
-        const float* g = gradients[i].f32();
-        double* sum = gradient_sums[i].data();
-        for (std::int64_t k = 0; k < gradients[i].numel(); ++k) sum[k] += g[k];
-      }
+      // This rank's last micro-batch of the step: as its backward finishes each layer, the sum may start on
+      // the buckets of the layers done (overlapping the rest of the backward where the backend can).
+      const bool last = j + comm.size() >= micro_batches;
+      auto layer_done = [&](std::size_t layer) { sum.ready_from(layout.layer_begin(layer)); };
+      sum.begin_micro_batch();
+      const BatchLoss loss = graph.forward_backward(
+          batch, 1.0f / static_cast<float>(std::max<std::int64_t>(1, learned)),
+          dropout_key(tc.seed, step, static_cast<std::size_t>(j)), gradients,
+          last ? std::function<void(std::size_t)>(layer_done) : std::function<void(std::size_t)>());
+      sum.end_micro_batch();
       loss_sum[0] += loss.loss_sum;
       result.activation_bytes = std::max(result.activation_bytes, graph.activation_bytes());
     }
     // The stop check of a step: every rank runs the same steps, so every rank reaches this point the same
     // number of times, and all of them stop after the same step.
     if (agree_to_stop(comm, interrupted)) {
+      sum.finish();  // buckets some ranks already started must complete on every rank; the sums are dropped
       save_progress();
       throw_agreed_stop(comm, options.stage,  // its collective also keeps the others until the checkpoint is written
                         "step " + std::to_string(step) + " of " + std::to_string(total_steps) + " checkpointed");
     }
-    for (std::size_t i = 0; i < gradients.size(); ++i) {
-      comm.allreduce_sum(std::span<double>(gradient_sums[i]));
-      float* g = gradients[i].f32();
-      for (std::size_t k = 0; k < gradient_sums[i].size(); ++k) g[k] = static_cast<float>(gradient_sums[i][k]);
+    sum.finish();
+    if (options.inject_nan_at_step && *options.inject_nan_at_step == step + 1) {
+      const FlatSegment& middle = layout.segments()[layout.segments().size() / 2];
+      Tensor element = sum.gradients().slice_rows(middle.offset, 1, "injected NaN");
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      backend.write(element, std::span<const float>(&nan, 1));
     }
-    if (options.inject_nan_at_step && *options.inject_nan_at_step == step + 1)
-      gradients[gradients.size() / 2].f32()[0] = std::numeric_limits<float>::quiet_NaN();
     comm.allreduce_sum(std::span<double>(loss_sum));
 
-    // Checked on the summed values, which every rank holds alike: all ranks take the same decision.
-    std::string non_finite = first_non_finite(loss_sum[0], gradients, keys);
-    const double norm = non_finite.empty() ? global_norm(gradients) : std::numeric_limits<double>::quiet_NaN();
-    if (non_finite.empty() && !std::isfinite(norm)) non_finite = "the gradient norm (overflow)";
+    // Checked on the summed values, which every rank holds alike: all ranks take the same decision. Only
+    // the scalars of the check leave the backend.
+    std::string non_finite;
+    double norm = std::numeric_limits<double>::quiet_NaN();
+    if (!std::isfinite(loss_sum[0])) {
+      non_finite = std::string("the loss (") + (std::isnan(loss_sum[0]) ? "NaN" : "Inf") + ")";
+    } else {
+      const Backend::FlatCheck check = backend.check_flat(sum.gradients(), layout.segment_ends());
+      if (check.first_non_finite >= 0) {
+        float value = 0;
+        backend.to_host(sum.gradients().slice_rows(check.first_non_finite, 1, "non-finite gradient"),
+                        std::span<float>(&value, 1));
+        const FlatSegment& segment = layout.segment_of(check.first_non_finite);
+        non_finite = "the gradient of " + segment.key + " (" + (std::isnan(value) ? "NaN" : "Inf") + " at element " +
+                     std::to_string(check.first_non_finite - segment.offset) + ")";
+      } else {
+        norm = std::sqrt(check.sum_squares);
+        if (!std::isfinite(norm)) non_finite = "the gradient norm (overflow)";
+      }
+    }
     const double lr = learning_rate_at(config.optimizer, step, total_steps);
     if (!non_finite.empty() && tc.nan_policy == "stop") {
       save_progress();  // the parameters are still those of the last good step
@@ -328,8 +332,8 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
                   ") is kept; set train.nan_policy: skip_step to skip such steps");
     }
     if (non_finite.empty()) {
-      clip_gradients(gradients, norm, config.optimizer.max_grad_norm);
-      optimizer.update(parameters, gradients, lr, step + 1);
+      state.update(sum.gradients(), adamw_scalars(config.optimizer, lr, step + 1,
+                                                  clip_factor(norm, config.optimizer.max_grad_norm)));
       result.last_loss = loss_sum[0] / static_cast<double>(std::max<std::int64_t>(1, learned));
     } else {
       // nan_policy skip_step: no update from this step's data; the schedule goes on.
@@ -382,7 +386,7 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   result.tokens_per_second = static_cast<double>(tokens_done) / std::max(result.seconds, 1e-9);
   save_progress();
   result.finished = step >= total_steps;
-  if (result.finished && leader) adapter.save(run_dir / "adapter", config.model);
+  if (result.finished && leader) adapter.save(run_dir / "adapter", config.model, state.host_values(state.master()));
   comm.barrier();
   return result;
 }
@@ -405,14 +409,7 @@ std::int64_t training_steps(const TrainSettings& settings, std::int64_t examples
   return settings.epochs * per_epoch;
 }
 
-std::unique_ptr<Backend> make_training_backend(std::string_view name) {
-  auto backend = make_backend(name == "auto" ? "cpu" : name);
-  if (backend->name() != "cpu")
-    throw InputError("LoRA training runs on the cpu backend only for now; the " + std::string(backend->name()) +
-                     " backend serves generation (the GPU trainer is not written yet, see docs/cuda.md): set "
-                     "backend: cpu");
-  return backend;
-}
+std::unique_ptr<Backend> make_training_backend(std::string_view name) { return make_backend(name); }
 
 TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options) {
   apply_thread_plan(plan_threads(config.threads));

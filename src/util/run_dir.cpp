@@ -35,6 +35,8 @@ std::string utc_now() {
   return text;
 }
 
+constexpr const char* kNamelessHolder = "a process that has not written its name yet";
+
 std::string read_holder(int fd) {
   char buffer[512] = {};
   const ssize_t n = ::pread(fd, buffer, sizeof buffer - 1, 0);
@@ -42,7 +44,7 @@ std::string read_holder(int fd) {
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
   for (char& c : text)
     if (c == '\n' || c == '\r') c = ' ';
-  return text.empty() ? "a process that has not written its name yet" : text;
+  return text.empty() ? std::string(kNamelessHolder) : text;
 }
 
 // Absolute and normalized without touching the file system, and resolved through symbolic links where it
@@ -77,7 +79,13 @@ RunDirLock::RunDirLock(const fs::path& run_dir) {
   if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
     const int error = errno;
     if (error == EWOULDBLOCK || error == EINTR) {
-      const std::string holder = read_holder(fd_);
+      // The holder writes its name just after taking the lock: a loser that looks in between waits for it
+      // (briefly) rather than reporting a holder without a name.
+      std::string holder = read_holder(fd_);
+      for (int i = 0; i < 100 && holder == kNamelessHolder; ++i) {
+        ::usleep(10'000);
+        holder = read_holder(fd_);
+      }
       ::close(fd_);
       fd_ = -1;
       throw InputError(run_dir.string() + " is in use by another run (" + holder + ", lock " + file.string() +

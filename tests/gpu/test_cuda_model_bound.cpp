@@ -140,6 +140,22 @@ class Bf16ActivationsBackend final : public Backend {
     return result;
   }
 
+  // The training state stays fp32 (as on the cuda backend: master, gradients, moments).
+  void write(Tensor& t, std::span<const float> values) override { cpu_->write(t, values); }
+  void zero(Tensor& t) override { cpu_->zero(t); }
+  Tensor compute_copy(const Tensor& master, std::string name) override { return cpu_->compute_copy(master, std::move(name)); }
+  void refresh_compute_copy(const Tensor& master, Tensor& copy) override { cpu_->refresh_compute_copy(master, copy); }
+  FlatCheck check_flat(const Tensor& flat, std::span<const std::int64_t> segment_ends) override {
+    return cpu_->check_flat(flat, segment_ends);
+  }
+  void adamw_update(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v, const AdamWScalars& s) override {
+    cpu_->adamw_update(params, grads, m, v, s);
+  }
+  std::unique_ptr<GradientSum> make_gradient_sum(Communicator& comm, std::int64_t elements,
+                                                 const GradientSumOptions& options) override {
+    return cpu_->make_gradient_sum(comm, elements, options);
+  }
+
  private:
   void round(Tensor& t) {
     const auto* begin = static_cast<const char*>(t.data());

@@ -564,7 +564,7 @@ class DatasetShared : public ::testing::Test {
 
   static fs::path path(const std::string& name) { return testing::shared_data_dir() / "datasets" / name; }
 
-  // Reads, timing it; the files are small enough that this takes well under a second.
+  // Reads, timing it; the files are small enough that this takes about a second at most.
   static Dataset timed_load(const DatasetSettings& settings) {
     const auto start = std::chrono::steady_clock::now();
     Dataset data = load_dataset(settings);
@@ -573,7 +573,9 @@ class DatasetShared : public ::testing::Test {
     std::printf("  %s: %zu records in %.3f s\n", fs::path(settings.path).filename().c_str(), data.records.size(),
                 seconds);
 #ifdef NDEBUG
-    EXPECT_LT(seconds, 1.0);
+    // Not a speed measurement (perf/ has those): a guard against a pathological (quadratic) reader, with
+    // ten times the usual time of a loaded 2-core machine, so a busy machine does not fail it.
+    EXPECT_LT(seconds, 10.0);
 #endif
     return data;
   }

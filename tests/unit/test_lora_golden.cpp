@@ -14,6 +14,7 @@
 #include "slearn/safetensors.hpp"
 #include "test_paths.hpp"
 #include "train/lora_graph.hpp"
+#include "train/flat_adapter.hpp"
 #include "train/optimizer.hpp"
 
 namespace {
@@ -131,24 +132,26 @@ TEST_P(LoraGolden, AdamWTrajectoryMatchesTorch) {
   settings.lr_schedule = "cosine";
   const auto total = json.at("total_steps").get<std::int64_t>();
 
+  // The trainer's path: the flat state on the backend, its norm and fused AdamW ops.
+  slearn::AdapterTrainingState state(*backend_, *adapter_);
   slearn::LoraTrainingGraph graph(*model_, *adapter_, false);
-  std::vector<slearn::Tensor*> parameters;
-  for (auto& p : adapter_->parameters()) parameters.push_back(p.tensor);
-  slearn::AdamW optimizer(settings, parameters);
+  const auto& layout = state.layout();
   double worst = 0;
   for (std::int64_t step = 0; step < total; ++step) {
-    auto gradients = graph.make_gradients();
+    slearn::Tensor flat = backend_->zeros_f32({layout.elements()}, "gradients");
+    auto gradients = layout.views(flat, "grad.");
     const auto result = graph.forward_backward(batch_, 1.0f / static_cast<float>(counted_), 0, gradients);
     const double loss = result.loss_sum / static_cast<double>(result.counted);
     const auto& want = json["steps"][static_cast<std::size_t>(step)];
     worst = std::max(worst, std::abs(loss - want.at("loss").get<double>()));
     EXPECT_NEAR(loss, want.at("loss").get<double>(), 1e-4) << "step " << step + 1;
-    const double norm = slearn::global_norm(gradients);
+    const auto check = backend_->check_flat(flat, layout.segment_ends());
+    ASSERT_EQ(check.first_non_finite, -1);
+    const double norm = std::sqrt(check.sum_squares);
     EXPECT_NEAR(norm, want.at("grad_norm").get<double>(), 1e-4 * std::max(1.0, norm)) << "step " << step + 1;
     const double lr = slearn::learning_rate_at(settings, step, total);
     EXPECT_NEAR(lr, want.at("lr").get<double>(), 1e-12) << "step " << step + 1;
-    slearn::clip_gradients(gradients, norm, settings.max_grad_norm);
-    optimizer.update(parameters, gradients, lr, step + 1);
+    state.update(flat, slearn::adamw_scalars(settings, lr, step + 1, slearn::clip_factor(norm, settings.max_grad_norm)));
   }
   std::printf("[ measured ] %s: 20-step loss trajectory max |diff| vs torch %.3g\n", GetParam().c_str(), worst);
   auto final_golden = slearn::SafetensorsFile::open(dir_ / "trajectory_adapter.safetensors");

@@ -160,7 +160,7 @@ TEST(TrainConfig, ReadsEveryKey) {
   EXPECT_EQ(c.optimizer.warmup_steps, 20);
   EXPECT_EQ(c.train.epochs, 3);
   EXPECT_EQ(c.train.global_batch_size, 32);
-  EXPECT_EQ(c.train.micro_batch_size, 2);
+  EXPECT_EQ(c.train.micro_batch_size, "2");
   EXPECT_TRUE(c.train.gradient_checkpointing);
   EXPECT_EQ(c.train.seed, 7u);
   EXPECT_EQ(c.train.max_steps, 100);
@@ -187,7 +187,7 @@ TEST(TrainConfig, UnknownKeysNameTheKeyLineAndKnownKeys) {
             "log_every_steps, data, lora, optimizer, train, checkpoint");
   EXPECT_EQ(parse_error(kMinimal + "train:\n  epochs: 2\n  batch: {size: 3}\n"),
             "run.yaml: unknown key \"train.batch\" (line 7); known keys in train: epochs, global_batch_size, "
-            "micro_batch_size, gradient_checkpointing, seed, max_steps, nan_policy");
+            "micro_batch_size, memory_fraction, gradient_checkpointing, seed, max_steps, nan_policy");
 }
 
 TEST(TrainConfig, WrongTypesNameTheKeyLineAndValue) {
@@ -305,7 +305,7 @@ TEST(TrainConfig, ValuesOutOfRange) {
                                     ">= 0, got -2"},
       {"train.epochs=0", "\"train.epochs\" (--set train.epochs=0) must be between 1 and 1000000, got 0"},
       {"train.global_batch_size=0", "\"train.global_batch_size\" (--set train.global_batch_size=0) must be between 1 and 1073741824, got 0"},
-      {"train.micro_batch_size=-4", "\"train.micro_batch_size\" (--set train.micro_batch_size=-4) must be between 1 and 1073741824, got -4"},
+      {"train.micro_batch_size=-4", "\"train.micro_batch_size\" (--set train.micro_batch_size=-4) must be auto or a whole number between 1 and 1073741824, got \"-4\""},
       {"train.seed=-1", "\"train.seed\" (--set train.seed=-1) must be >= 0, got -1"},
       {"train.max_steps=0", "\"train.max_steps\" (--set train.max_steps=0) must be -1 or >= 1, got 0"},
       {"data.max_length=1", "\"data.max_length\" (--set data.max_length=1) must be between 2 and 16777216, got 1"},
