@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # perf/gpu/check.sh: the one-command device check (issue 11; docs/cuda.md says when and how to run it). In at most
 # 8 minutes on one H200: the GPU tests under SLEARN_EXPECT_GPU=1, compute-sanitizer memcheck and racecheck over
-# the op tests, and the GPU benchmarks beside their PyTorch peers on the same GPU in the same command; then
-# report.md and report.json (perf/gpu/report.py) in the out folder.
+# the op tests, the GPU benchmarks (decode, generation, a LoRA training step) beside their PyTorch peers on the
+# same GPU in the same command, and the embedded demo on the cpu and cuda backends compared; then report.md and
+# report.json (perf/gpu/report.py) in the out folder.
 #
 #   perf/gpu/check.sh --bundle DIR --out DIR [options]    the unpacked bundle of launch/gpu-bundle.sh
 #   perf/gpu/check.sh --bin build/bin --out DIR [options] a build tree instead
 #   perf/gpu/check.sh --dry-run [--bin DIR]               here, without a GPU: finds the script's own bugs
 #
 #   --bundle DIR   programs in DIR/bin, each run through DIR/run (which sets up the bundle's libraries)
-#   --bin DIR      folder of slearn_gpu_tests, bench_gpu_ops, bench_gpu_decode (default: build/bin; inside an
-#                  unpacked bundle, slearn-gpu/perf/gpu/check.sh, the bundle itself as with --bundle)
+#   --bin DIR      folder of slearn_gpu_tests, bench_gpu_ops, bench_gpu_decode, bench_gpu_train, slearn_dist
+#                  (default: build/bin; inside an unpacked bundle, slearn-gpu/perf/gpu/check.sh, the bundle
+#                  itself as with --bundle)
 #   --prefix CMD   run every program as CMD PROGRAM ARGS (default: DIR/run with --bundle, nothing with --bin);
 #                  CMD must run its arguments (exec "$@") after setting up the environment
 #   --out DIR      report.md, report.json, results.jsonl, steps.log, gpu_tests.json
 #                  (default: runs/gpu-check, git-ignored)
-#   --python PY    the peers' and the report's python (default: python3)
+#   --python PY    the peers' and the report's python (default: python3); peer-train-7b also needs peft
 #   --budget S     the whole run's limit in seconds (default 480); each step's timeout is clamped to what is left
 #   --steps LIST   only these steps (comma-separated names from the table), e.g. to redo the ones that failed
 #   --copy-gbs X   the copy bandwidth for the decode floors when the ops step is not run (GB/s, read + write)
@@ -28,19 +30,25 @@
 # here). The sum is 480, the whole of --budget; a step that ends early leaves its time unused, a step that
 # hangs is killed at its timeout, and whatever it printed so far is kept.
 #   step                   timeout  what
-#   env                        10   nvidia-smi, driver, torch and transformers, compute-sanitizer, ldd of the programs
-#   gpu-tests                  90   SLEARN_EXPECT_GPU=1 slearn_gpu_tests (gtest JSON)
-#   memcheck                   30   compute-sanitizer memcheck over the op tests (test_filter says which)
-#   racecheck                  25   compute-sanitizer racecheck over the kernels with shared memory and barriers
-#   ops                        20   bench_gpu_ops: copy bandwidth (first: the decode floors need it), GEMMs, attention
-#   ops-peer                   25   torch copy, torch.matmul and scaled_dot_product_attention at the same shapes
+#   env                        10   nvidia-smi, driver, torch/transformers/peft, compute-sanitizer, ldd of the programs
+#   gpu-tests                  80   SLEARN_EXPECT_GPU=1 slearn_gpu_tests (gtest JSON)
+#   memcheck                   25   compute-sanitizer memcheck over the op tests (test_filter says which)
+#   racecheck                  20   compute-sanitizer racecheck over the kernels with shared memory and barriers
+#   ops                        15   bench_gpu_ops: copy bandwidth (first: the decode floors need it), GEMMs, attention
+#   ops-peer                   20   torch copy, torch.matmul and scaled_dot_product_attention at the same shapes
 #   decode-0.5b                15   bench_gpu_decode qwen2.5-0.5b, batch 1, 128 in, 256 out
-#   decode-7b                  20   bench_gpu_decode qwen2.5-7b, batch 1, 128 in, 256 out (15 GB of weights)
-#   generate-7b-64             25   bench_gpu_decode qwen2.5-7b, 64 sequences of 256 in / 256 out
-#   generate-7b-256            35   bench_gpu_decode qwen2.5-7b, 256 sequences of 256 in / 256 out
-#   peer-decode                40   transformers generate, batch 1 at 0.5B and 7B, dynamic cache
-#   peer-generate-dynamic      65   transformers generate, 7B, 64 and 256 sequences, dynamic cache
-#   peer-generate-static       70   the same with cache_implementation="static" (compiles on its warm-up call)
+#   decode-7b                  15   bench_gpu_decode qwen2.5-7b, batch 1, 128 in, 256 out (15 GB of weights)
+#   generate-7b-64             20   bench_gpu_decode qwen2.5-7b, 64 sequences of 256 in / 256 out
+#   generate-7b-256            30   bench_gpu_decode qwen2.5-7b, 256 sequences of 256 in / 256 out
+#   train-7b                   20   bench_gpu_train: a LoRA step (r 64, all seven projections) at the 7B shape cut to
+#                                   8 of its 28 layers (to fit the budget), 8 x 512 tokens; tok/s and MFU
+#   peer-train-7b              30   peer_train.py: the same step with transformers + PEFT (bf16 autocast, AdamW)
+#   demo-gpu-vs-cpu            30   demo_gpu_vs_cpu.sh: configs/demo.yaml on cpu and on cuda side by side (--parallel),
+#                                   the same wrong answers selected and accuracy after within 1 point; needs the
+#                                   checkout's demo/ and configs/ (the bundle has neither: run from the checkout)
+#   peer-decode                35   transformers generate, batch 1 at 0.5B and 7B, dynamic cache
+#   peer-generate-dynamic      50   transformers generate, 7B, 64 and 256 sequences, dynamic cache
+#   peer-generate-static       55   the same with cache_implementation="static" (compiles on its warm-up call)
 #   report                     10   report.md, report.json (always runs, also after --steps)
 #
 # Statuses: ok, failed, skipped (with the reason), noted (compute-sanitizer refused the device: not a failure).
@@ -92,10 +100,10 @@ BIN="$(cd "$BIN" 2>/dev/null && pwd)" ||
   { echo "check.sh: no program folder $BIN (build first, or --bin/--bundle)" >&2; exit 2; }
 
 STEPS=(env gpu-tests memcheck racecheck ops ops-peer decode-0.5b decode-7b generate-7b-64 generate-7b-256
-  peer-decode peer-generate-dynamic peer-generate-static)
-declare -A SLOT=([env]=10 [gpu-tests]=90 [memcheck]=30 [racecheck]=25 [ops]=20 [ops-peer]=25 [decode-0.5b]=15
-  [decode-7b]=20 [generate-7b-64]=25 [generate-7b-256]=35 [peer-decode]=40 [peer-generate-dynamic]=65
-  [peer-generate-static]=70)
+  train-7b peer-train-7b demo-gpu-vs-cpu peer-decode peer-generate-dynamic peer-generate-static)
+declare -A SLOT=([env]=10 [gpu-tests]=80 [memcheck]=25 [racecheck]=20 [ops]=15 [ops-peer]=20 [decode-0.5b]=15
+  [decode-7b]=15 [generate-7b-64]=20 [generate-7b-256]=30 [train-7b]=20 [peer-train-7b]=30 [demo-gpu-vs-cpu]=30
+  [peer-decode]=35 [peer-generate-dynamic]=50 [peer-generate-static]=55)
 REPORT_RESERVE=10
 for s in ${ONLY//,/ }; do
   [[ -n "${SLOT[$s]:-}" ]] || { echo "check.sh: unknown step $s (steps: ${STEPS[*]})" >&2; exit 2; }
@@ -109,6 +117,12 @@ OPS_ARGS=(--copy-mib 2048 --gemm-shapes 8192x8192x8192,7b --gemm-rows 1,64,256,4
 OPS_TINY=(--backend cpu --copy-mib 64 --gemm-shapes 64x96x128,1x256x64 --attention-seqs 64,96 --heads 4 --kv-heads 2
   --head-dim 16 --warmup 1 --repeat 3)
 DECODE_TINY=(--shape tiny --backend cpu --prompt-len 16 --new-tokens 8 --warmup-tokens 2 --repeat 1)
+# The training step, the same arguments for bench_gpu_train and peer_train.py (so their "case" names match).
+TRAIN_ARGS=(--shape qwen2.5-7b --layers 8 --seq-len 512 --micro-batch 8 --warmup 2 --steps 5)
+# The CPU stand-ins of both (--backend cpu for the bench, --device cpu for the peer).
+TRAIN_TINY_ARGS=(--shape tiny --seq-len 64 --micro-batch 2 --micro-batches 2 --warmup 1 --steps 2)
+# shellcheck disable=SC2034  # read through a nameref in bench
+TRAIN_TINY=(--backend cpu "${TRAIN_TINY_ARGS[@]}")
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/slearn-gpu-check.XXXXXX")"
 mkdir -p "$WORK/logs" "$WORK/results" "$OUTDIR"
@@ -191,7 +205,7 @@ step_env() {
   # shellcheck disable=SC2016
   bounded "$PY" -c '
 import importlib.util as u
-for name in ("torch", "transformers"):
+for name in ("torch", "transformers", "peft"):
     if u.find_spec(name) is None:
         print(f"{name}: not installed")
         continue
@@ -205,7 +219,7 @@ for name in ("torch", "transformers"):
   echo "python: $("$PY" --version 2>&1)" >>"$env"
   san=$(find_sanitizer) && echo "compute-sanitizer: $san ($("$san" --version 2>/dev/null | tail -1))" >>"$env" \
     || echo "compute-sanitizer: not found" >>"$env"
-  for p in slearn_gpu_tests bench_gpu_ops bench_gpu_decode; do
+  for p in slearn_gpu_tests bench_gpu_ops bench_gpu_decode bench_gpu_train slearn_dist; do
     if [[ ! -x "$BIN/$p" ]]; then missing+=("$p (absent)"); continue; fi
     if ! bounded "${PREFIX[@]}" ldd "$BIN/$p" >"$WORK/ldd.txt" 2>&1 || grep -q 'not found' "$WORK/ldd.txt"; then
       missing+=("$p (libraries: $(grep 'not found' "$WORK/ldd.txt" | awk '{print $1}' | tr '\n' ' '))")
@@ -215,7 +229,10 @@ for name in ("torch", "transformers"):
   if ((${#missing[@]})); then
     fail "programs not usable: ${missing[*]}"
     echo "programs: NOT usable: ${missing[*]}" >>"$env"
-  else echo "programs: slearn_gpu_tests, bench_gpu_ops, bench_gpu_decode, all libraries found" >>"$env"; fi
+  else
+    echo "programs: slearn_gpu_tests, bench_gpu_ops, bench_gpu_decode, bench_gpu_train, slearn_dist," \
+      "all libraries found" >>"$env"
+  fi
   cat "$env"
   note "$(sed -n 's/^gpu: //p' "$env")"
 }
@@ -422,6 +439,58 @@ step_peer_static() {
     --copy-gbs "$COPY_GBS"
 }
 
+# The LoRA training step (bench_gpu_train) and its transformers + PEFT peer at the same arguments. The peer
+# exits 3 when torch, transformers or peft is missing or torch sees no GPU: skipped with its message.
+step_train_7b() { bench bench_gpu_train TRAIN_TINY "${TRAIN_ARGS[@]}"; }
+step_peer_train_7b() {
+  local rc
+  if [[ $DRY == 1 ]]; then
+    bounded "$PY" "$here/peer_train.py" "${TRAIN_ARGS[@]}" --dry-run >>"$RES"
+    expect_ok $? "peer_train.py --dry-run"
+    # Where this python has torch, transformers and peft, the same step runs on the host at the tiny shape.
+    if bounded "$PY" -c 'import torch, transformers, peft' 2>/dev/null; then
+      bounded "$PY" "$here/peer_train.py" --device cpu "${TRAIN_TINY_ARGS[@]}" >>"$RES"
+      expect_ok $? "peer_train.py --device cpu (the CPU stand-in)"
+      [[ $STEP_STATUS == failed ]] || note "dry-run: arguments validated; CPU stand-in ran"
+    else
+      skip "dry-run: skipped (needs a GPU, torch, transformers and peft); arguments validated"
+    fi
+    return
+  fi
+  PYTHONUNBUFFERED=1 bounded "$PY" "$here/peer_train.py" "${TRAIN_ARGS[@]}" >>"$RES" 2>"$WORK/peer-train.err"
+  rc=$?
+  cat "$WORK/peer-train.err"
+  if ((rc == 3)); then skip "$(tail -1 "$WORK/peer-train.err")"; return; fi
+  expect_ok "$rc" "peer_train.py"
+  note "$(lines_in "$RES") result lines"
+}
+
+# The demo on both backends, compared (demo_gpu_vs_cpu.sh: exit 1 a mismatch, 3 cannot run here, 4 a run
+# failed). It reads demo/ and configs/ of this checkout ($root).
+step_demo() {
+  have_prog slearn_dist || return
+  # shellcheck disable=SC2054  # cpu,cuda is the script's list syntax
+  local rc args=(--bin "$BIN" --root "$root" --python "$PY" --backends cpu,cuda --parallel)
+  ((${#PREFIX[@]})) && args+=(--prefix "${PREFIX[*]}")
+  if [[ $DRY == 1 ]]; then
+    bounded "$here/demo_gpu_vs_cpu.sh" "${args[@]}" --dry-run >>"$RES"
+    rc=$?
+    if ((rc == 3)); then skip "dry-run: the demo cannot run from here (see steps.log)"; return; fi
+    expect_ok "$rc" "demo_gpu_vs_cpu.sh --dry-run"
+    skip "dry-run: skipped (needs a GPU); inputs found and the comparison checked on made-up runs"
+    return
+  fi
+  bounded "$here/demo_gpu_vs_cpu.sh" "${args[@]}" >>"$RES"
+  rc=$?
+  case $rc in
+    0) note "$("$PY" "$here/report.py" demo-note "$RES")" ;;
+    1) fail "the backends disagree: $("$PY" "$here/report.py" demo-note "$RES")" ;;
+    3) skip "the demo cannot run here (its message is in steps.log)" ;;
+    4) fail "$("$PY" "$here/report.py" demo-note "$RES") (the end of the log is in steps.log)" ;;
+    *) expect_ok "$rc" "demo_gpu_vs_cpu.sh" ;;
+  esac
+}
+
 # ---- the run ----
 echo "check: $MODE, programs from $BIN${PREFIX[*]:+ through ${PREFIX[*]}}, budget ${BUDGET}s, out $OUTDIR"
 run_step env step_env
@@ -434,6 +503,9 @@ run_step decode-0.5b step_decode_05b
 run_step decode-7b step_decode_7b
 run_step generate-7b-64 step_generate_64
 run_step generate-7b-256 step_generate_256
+run_step train-7b step_train_7b
+run_step peer-train-7b step_peer_train_7b
+run_step demo-gpu-vs-cpu step_demo
 run_step peer-decode step_peer_decode
 run_step peer-generate-dynamic step_peer_dynamic
 run_step peer-generate-static step_peer_static

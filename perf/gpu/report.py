@@ -3,6 +3,7 @@
 
     python3 perf/gpu/report.py build --work WORK --out OUT
     python3 perf/gpu/report.py copy-gbs FILE.jsonl...      prints slearn's copy bandwidth (GB/s), 0 if none
+    python3 perf/gpu/report.py demo-note FILE.jsonl        one line on demo_gpu_vs_cpu.sh's result (check.sh's note)
     python3 perf/gpu/report.py self-test                   checks this file's own logic on made-up input
 
 WORK holds what check.sh wrote: steps.tsv (step, status, seconds, note), env.txt ("key: value" lines),
@@ -11,7 +12,10 @@ results/STEP.jsonl (the benches' JSON lines), gpu_tests.json (gtest's JSON) and 
 Every figure is normalised as docs/performance.md asks: GB/s (bytes read + written), TFLOP/s and its
 percentage of the best bf16 GEMM measured in the same run ("measured peak"), tok/s and the percentage of the
 decode floor (the bytes a step must read at the copy bandwidth measured in the same run), and the ratio
-slearn / peer for each case both measured (above 1: slearn is faster).
+slearn / peer for each case both measured (above 1: slearn is faster). The LoRA training step (bench "train":
+bench_gpu_train and peer_train.py) is given as tok/s and MFU: against the GEMM each program measured itself,
+against the run's measured peak, and against the nominal H200 peak; the demo comparison (bench "demo",
+demo_gpu_vs_cpu.sh) as both backends' accuracies and times with its verdict.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import sys
 
 # The figure compared for each bench (higher is better for all of them).
 METRIC = {"copy": "gb_s", "gemm": "tflop_s", "attention": "tflop_s", "decode": "decode_tok_s",
-          "generate": "out_tok_s"}
+          "generate": "out_tok_s", "train": "tokens_per_s"}
 
 
 def is_ours(line: dict) -> bool:
@@ -143,6 +147,18 @@ def compare(results: list[dict]) -> list[dict]:
     return rows
 
 
+def demo_note(lines: list[dict]) -> str:
+    demos = [l for l in lines if l.get("bench") == "demo"]
+    if not demos:
+        return "no result line"
+    d = demos[-1]
+    def after(r):
+        return fmt(100.0 * r["accuracy_after"], 1) if r.get("accuracy_after") is not None else "—"
+
+    runs = ", ".join(f"{r.get('backend')} {after(r)}% after in {fmt(r.get('wall_s'), 1)}s" for r in d.get("runs", []))
+    return f"{runs}: {d.get('verdict')}"
+
+
 def build(work: str, out: str) -> int:
     steps = read_steps(os.path.join(work, "steps.tsv"))
     env = read_env(os.path.join(work, "env.txt"))
@@ -165,6 +181,8 @@ def build(work: str, out: str) -> int:
             l["pct_of_measured_peak"] = 100.0 * l["tflop_s"] / peak
         if l.get("bench") == "gemm" and copy and l.get("gb_s"):
             l["pct_of_copy_bw"] = 100.0 * l["gb_s"] / copy
+        if l.get("bench") == "train" and peak and l.get("achieved_tflop_s"):
+            l["mfu_run_peak_pct"] = 100.0 * l["achieved_tflop_s"] / peak
     comparisons = compare(results)
     mode = env.get("mode", "unknown")
     failed_steps = [s["step"] for s in steps if s["status"] == "failed"]
@@ -278,6 +296,50 @@ def markdown(r: dict) -> str:
     else:
         md.append("Not measured.")
 
+    md += ["", "## LoRA training step (random weights, r 64, alpha 16, dropout 0.05, all seven projections)", ""]
+    trains = of("train")
+    if trains:
+        md.append("FLOPs per token: bench_gpu_train.cpp's formula (base forward and input gradients, attention, "
+                  "LoRA, LM head). MFU = FLOPs/token x tok/s over: the bf16 GEMM each program timed itself (own), "
+                  "the run's measured peak (run), the nominal H200 dense bf16 peak (nominal, a datasheet figure).")
+        md += ["", "| case | impl | tok/s | step s | GFLOP/token | TFLOP/s | MFU % own | own GEMM TFLOP/s | "
+               "MFU % run | MFU % nominal | memory GB | slearn / this |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for l in sorted(trains, key=lambda x: (x["case"], not is_ours(x), x.get("impl", ""))):
+            ours = next((x for x in trains if x["case"] == l["case"] and is_ours(x)), {})
+            memory = l.get("device_used_bytes") or l.get("device_peak_allocated_bytes")
+            md.append(f"| {l['case']} | {l.get('impl')} | {fmt(l.get('tokens_per_s'))} | {fmt(l.get('step_s'), 3)} | "
+                      f"{fmt((l.get('flop_per_token') or 0) / 1e9, 2)} | {fmt(l.get('achieved_tflop_s'))} | "
+                      f"{fmt(l.get('mfu_measured_pct'))} | {fmt(l.get('gemm_tflop_s'))} | "
+                      f"{fmt(l.get('mfu_run_peak_pct'))} | {fmt(l.get('mfu_nominal_pct'))} | "
+                      f"{fmt(memory / 1e9 if memory else None, 1)} | "
+                      f"{'—' if is_ours(l) else ratio(ours, l, 'tokens_per_s')} |")
+        md.append("")
+        md.append("Memory: slearn's is the device memory in use after the steps (its pool keeps freed blocks), "
+                  "torch's its peak allocation.")
+    else:
+        md.append("Not measured.")
+
+    md += ["", "## The demo on two backends (configs/demo.yaml, the same job on each)", ""]
+    demos = of("demo")
+    if demos:
+        for d in demos:
+            md += [f"{d.get('case')}: **{d.get('verdict')}** (the same wrong answers selected: "
+                   f"{'yes' if d.get('same_selection') else 'no'}; accuracy after differs by "
+                   f"{fmt(d.get('accuracy_after_diff_points'), 2)} points, "
+                   f"tolerance {fmt(d.get('tolerance_points'))}).",
+                   "", "| run | backend | exit | accuracy before | accuracy after | incorrect | selected | train s | "
+                   "wall s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for n, run in enumerate(d.get("runs", []), 1):
+                pct = lambda v: fmt(100.0 * v, 1) if isinstance(v, (int, float)) else "—"  # noqa: E731
+                md.append(f"| {n} | {run.get('backend')} | {run.get('rc')} | {pct(run.get('accuracy_before'))} | "
+                          f"{pct(run.get('accuracy_after'))} | {fmt(run.get('incorrect'))} | "
+                          f"{fmt(run.get('selected'))} | {fmt((run.get('stage_s') or {}).get('train'), 2)} | "
+                          f"{fmt(run.get('wall_s'), 2)} |")
+            md.append("")
+    else:
+        md.append("Not run.")
+
     if r["plans"]:
         md += ["", "## Plans (dry run: the GPU commands' arguments, validated)", ""]
         md += [f"- {p['step']}: `{json.dumps({k: v for k, v in p.items() if k != 'step'})}`" for p in r["plans"]]
@@ -309,6 +371,13 @@ def self_test() -> int:
                             floor_pct=80.0, bytes_per_step=1e9)],
             "decode-peer": [dict(bench="decode", impl="transformers-dynamic", case="decode x b=1",
                                  decode_tok_s=40.0), dict(plan="peer")],
+            "train-7b": [dict(bench="train", impl="slearn-cuda", case="train t", tokens_per_s=3000.0,
+                              achieved_tflop_s=400.0, mfu_measured_pct=50.0, flop_per_token=1e10)],
+            "peer-train-7b": [dict(bench="train", impl="transformers-peft", case="train t", tokens_per_s=2000.0)],
+            "demo-gpu-vs-cpu": [dict(bench="demo", case="demo cpu vs cuda", verdict="agree", same_selection=True,
+                                     accuracy_after_diff_points=0.5, tolerance_points=1.0,
+                                     runs=[dict(backend="cpu", rc=0, accuracy_after=1.0, wall_s=9.0),
+                                           dict(backend="cuda", rc=0, accuracy_after=0.995, wall_s=4.0)])],
         }
         for step, ls in lines.items():
             with open(os.path.join(work, "results", step + ".jsonl"), "w") as f:
@@ -332,11 +401,17 @@ def self_test() -> int:
             (any(c["case"] == "decode x b=1" and c["ratio"] == 5.0 for c in rep["comparisons"]), "decode ratio"),
             (rep["failed_steps"] == ["ops"], "failed steps"),
             (rep["gpu_tests"]["failed"] == ["S.c"] and rep["gpu_tests"]["skipped"] == ["S.b"], "gtest parse"),
-            (len(rep["plans"]) == 1 and len(rep["unparsed_output"]) == 4, "plans and junk kept apart"),
+            (len(rep["plans"]) == 1 and len(rep["unparsed_output"]) == 7, "plans and junk kept apart"),
+            (any(c["case"] == "train t" and c["ratio"] == 1.5 for c in rep["comparisons"]), "train ratio"),
+            (any(l.get("mfu_run_peak_pct") == 50.0 for l in rep["results"]), "train MFU against the run's peak"),
             (copy_gbs(rep["results"]) == 4000.0, "copy-gbs"),
         ]
         md = open(os.path.join(out, "report.md")).read()
         checks.append(("2.00x" in md and "5.00x" in md and "exit 1 / odd" in md, "markdown ratios and notes"))
+        checks.append((demo_note(rep["results"]) == "cpu 100.0% after in 9.0s, cuda 99.5% after in 4.0s: agree",
+                       "demo note"))
+        checks.append(("1.50x" in md and "**agree**" in md and "| 2 | cuda | 0 | — | 99.5 |" in md,
+                       "markdown training and demo rows"))
     bad = [what for ok, what in checks if not ok]
     for what in bad:
         print(f"report.py self-test: FAILED: {what}", file=sys.stderr)
@@ -352,6 +427,8 @@ def main() -> int:
     b.add_argument("--out", required=True)
     c = sub.add_parser("copy-gbs")
     c.add_argument("files", nargs="+")
+    d = sub.add_parser("demo-note")
+    d.add_argument("file")
     sub.add_parser("self-test")
     args = ap.parse_args()
     if args.command == "build":
@@ -362,6 +439,9 @@ def main() -> int:
             if os.path.exists(path):
                 lines += read_jsonl(path, "copy")[0]
         print(f"{copy_gbs(lines):.1f}")
+        return 0
+    if args.command == "demo-note":
+        print(demo_note(read_jsonl(args.file, "demo")[0] if os.path.exists(args.file) else []))
         return 0
     return self_test()
 

@@ -104,6 +104,15 @@ TEST_F(Trainer, MicroBatchSplitDoesNotChangeTheResult) {
   EXPECT_LE(worst, 1e-5);
 }
 
+// With plenty of memory, auto takes a rank's whole share of the global batch (4 here): the run is the run of
+// micro_batch_size 4, to the byte.
+TEST_F(Trainer, MicroBatchSizeAutoTakesTheShareThatFits) {
+  train(config("micro4", {"train.micro_batch_size=4"}));
+  train(config("auto", {"train.micro_batch_size=auto"}));
+  EXPECT_EQ(read_file(root_ / "auto" / "adapter" / "adapter_model.safetensors"),
+            read_file(root_ / "micro4" / "adapter" / "adapter_model.safetensors"));
+}
+
 TEST_F(Trainer, CheckpointOfAnotherConfigurationIsRefused) {
   train(config("run"), 3);
   try {
