@@ -14,6 +14,7 @@ Command add_train_command(CLI::App& app) {
   struct Options {
     std::string config;
     std::vector<std::string> overrides;
+    std::string backend;  // --backend X: the same as --set backend=X, after the other --set
     bool force = false;
     std::optional<std::int64_t> stop_at_step;
     bool quiet = false;
@@ -23,6 +24,8 @@ Command add_train_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("train", "LoRA fine-tuning on question/answer records (YAML configuration)");
   sub->add_option("--config", o->config, "YAML configuration (see docs/configuration.md)")->required();
   sub->add_option("--set", o->overrides, "Override a key: --set lora.r=16 (repeatable)");
+  sub->add_option("--backend", o->backend, "cpu, cuda or auto: where every stage computes (as --set backend=...)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   sub->add_flag("--force", o->force, "Start over even if run_dir holds checkpoints of another run");
   sub->add_option("--stop-at-step", o->stop_at_step, "Checkpoint and stop once this many steps are done");
   sub->add_flag("--quiet", o->quiet, "No progress output");
@@ -31,7 +34,7 @@ Command add_train_command(CLI::App& app) {
       ->group("");
   return [o]() {
     install_stop_handlers();
-    const TrainConfig config = load_train_config(o->config, o->overrides);
+    const TrainConfig config = load_train_config(o->config, with_backend(o->overrides, o->backend));
     auto comm = make_single_process_communicator();
     TrainRunOptions options;
     options.force = o->force;

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <functional>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -20,5 +22,11 @@ Command add_tokenize_command(CLI::App& app);
 Command add_train_command(CLI::App& app);
 Command add_merge_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
+
+// The configuration overrides with `--backend X` (when given) as the last one, backend=X.
+inline std::vector<std::string> with_backend(std::vector<std::string> overrides, const std::string& backend) {
+  if (!backend.empty()) overrides.push_back("backend=" + backend);
+  return overrides;
+}
 
 }  // namespace slearn::cli

@@ -102,6 +102,21 @@ TEST_P(LoraGolden, RecomputationKeepsLessAndGivesTheSameGradients) {
     for (std::int64_t j = 0; j < g1[i].numel(); ++j) ASSERT_EQ(g1[i].f32()[j], g2[i].f32()[j]) << g1[i].name();
 }
 
+// micro_batch_size auto divides the free memory by this estimate: it must bound what a micro-batch keeps.
+TEST_P(LoraGolden, ActivationEstimateBoundsWhatIsKept) {
+  for (bool recompute : {false, true}) {
+    slearn::LoraTrainingGraph graph(*model_, *adapter_, recompute);
+    auto gradients = graph.make_gradients();
+    graph.forward_backward(batch_, 0.01f, 3, gradients);
+    const std::size_t estimate = graph.activation_bytes_per_token() * static_cast<std::size_t>(batch_.rows());
+    EXPECT_GE(estimate, graph.activation_bytes()) << "recompute " << recompute;
+    // Without recomputation what is kept dominates: the estimate adds one layer's backward transients only.
+    if (!recompute) EXPECT_LE(estimate, 2 * graph.activation_bytes()) << "far too high";
+    std::printf("[ measured ] %s recompute=%d: kept %zu bytes, estimated %zu\n", GetParam().c_str(), recompute,
+                graph.activation_bytes(), estimate);
+  }
+}
+
 TEST_P(LoraGolden, LogitsWithAdapterMatchPeft) {
   std::ifstream in(dir_ / "logits.json");
   const auto json = nlohmann::json::parse(in);
