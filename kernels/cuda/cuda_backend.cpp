@@ -288,15 +288,18 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
   expect(out.numel() == q.numel() && dout.numel() == q.numel() && lse.numel() == q.dim(0) * q.dim(1), out,
          "attention_backward: out, dout and lse must match the query");
   std::vector<std::int64_t> start, end;
-  sequence_bounds("attention_backward", seq_starts, q.dim(0), start, end);
+  sequence_bounds("attention_backward", seq_starts, q.dim(0), start, end);  // checks seq_starts
+  const cuda::AttentionBackwardTiles tiles = cuda::attention_backward_tiles(seq_starts.data(), seq_starts.size());
   cuda::HostPack pack;
-  const std::size_t starts = pack.add(start), ends = pack.add(end);
+  const std::size_t key_tiles = pack.add(tiles.key_tiles), query_tiles = pack.add(tiles.query_tiles);
   void* base = stage(pack);
   auto* delta = static_cast<float*>(
       scratch_.get(context_, static_cast<std::size_t>(q.dim(0) * q.dim(1)) * sizeof(float), "attention delta"));
   cuda::launch_attention_backward({dev(q), dev(k), dev(v), dev(out), dev_f32(lse), dev(dout), dev(dq), dev(dk),
-                                   dev(dv), delta, at<std::int64_t>(base, starts), at<std::int64_t>(base, ends),
-                                   q.dim(0), q.dim(1), k.dim(1), q.dim(2), scale_factor, stream_});
+                                   dev(dv), delta, at<const cuda::AttentionBackwardTile>(base, key_tiles),
+                                   at<const cuda::AttentionBackwardTile>(base, query_tiles),
+                                   static_cast<std::int64_t>(tiles.key_tiles.size()), q.dim(0), q.dim(1), k.dim(1),
+                                   q.dim(2), scale_factor, stream_});
 }
 
 }  // namespace cuda_backend

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace slearn::cuda {
 
@@ -215,9 +216,28 @@ void launch_attention_forward(const AttentionForwardParams& p);
 // The largest heads / kv_heads the attention kernels accept.
 constexpr std::int64_t kAttentionMaxGroup = 16;
 
-// The backward of the training attention, deterministic (no atomics): delta = rowsum(dO * O), then
-// dQ per (query row, kv head) and dK, dV per (key row, kv head), each output summed by one thread in a fixed
-// order. `delta` is an fp32 [tokens, heads] scratch buffer.
+// The backward of the training attention (attention_backward.cu has the design), deterministic (no atomics):
+// delta = rowsum(dO * O), then dQ per (query tile, query head) and dK, dV per (key tile, kv head), each
+// output element summed by one thread in a fixed order. `delta` is an fp32 [tokens, heads] scratch buffer.
+// head_dim: 64, 80, 96 and 128 (tensor cores; q, k, v, dout 16-byte aligned) and 16 (CUDA cores); any other
+// throws.
+//
+// A tile is up to kAttentionBackwardTileRows consecutive rows first .. first + rows - 1 of the sequence
+// seq_start .. seq_end - 1; attention_backward_tiles cuts every sequence into tiles from its start. The
+// dK/dV kernel takes the tiles in key_tiles' order, the dQ kernel in query_tiles' (the same tiles).
+constexpr std::int64_t kAttentionBackwardTileRows = 64;
+struct AttentionBackwardTile {
+  std::int32_t seq_start, first, rows, seq_end;
+};
+struct AttentionBackwardTiles {
+  std::vector<AttentionBackwardTile> key_tiles;    // most query rows to walk (seq_end - first) first
+  std::vector<AttentionBackwardTile> query_tiles;  // most keys to walk (first + rows - seq_start) first
+};
+// The tiles of the packed sequences seq_starts[s] .. seq_starts[s + 1] (count = sequences + 1 entries, from 0
+// to tokens, non-decreasing; empty sequences give no tile). Throws slearn::Error for starts that decrease,
+// do not begin at 0 or pass 2^31 - 1.
+AttentionBackwardTiles attention_backward_tiles(const std::int64_t* seq_starts, std::size_t count);
+
 struct AttentionBackwardParams {
   const bf16* q;                     // [tokens, heads, head_dim]
   const bf16* k;                     // [tokens, kv_heads, head_dim]
@@ -229,8 +249,9 @@ struct AttentionBackwardParams {
   bf16* dk;                          // written
   bf16* dv;                          // written
   float* delta;                      // scratch [tokens, heads]
-  const std::int64_t* seq_start;     // [tokens]: the first row of each row's sequence
-  const std::int64_t* seq_end;       // [tokens]: one past its last row
+  const AttentionBackwardTile* key_tiles;    // [tile_count], device copies of attention_backward_tiles'
+  const AttentionBackwardTile* query_tiles;  // [tile_count]
+  std::int64_t tile_count;
   std::int64_t tokens, heads, kv_heads, head_dim;
   float scale;
   cudaStream_t stream;

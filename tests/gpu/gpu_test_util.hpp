@@ -24,8 +24,9 @@
 // lambda = 8 (failure probability ~ exp(-lambda^2 / 2) per element), plus 32 u32 for the few ulps of the
 // math functions. An fp32 output (rounded_output = false) drops the bf16 term. extra_i is the propagated
 // error of a bf16 intermediate the CUDA path rounds, derived where the test is; for a sum of independently
-// rounded terms t_j it is hoeffding_bf16(sum_j t_j^2) = 8 (u / 2) sqrt(sum_j t_j^2), u = 2^-8 (Hoeffding's
-// inequality for independent zero-mean errors |delta_j| <= u / 2, the same lambda).
+// rounded terms t_j it is hoeffding_bf16(sum_j t_j^2) = 8 u sqrt(sum_j t_j^2), u = 2^-8 (Hoeffding's
+// inequality for independent zero-mean errors |delta_j| <= u, the same lambda). bf16 keeps 8 significant
+// bits, so rounding to nearest moves a value by at most half an ulp, 2^-8 of it just above a power of two.
 // None of these bounds comes from measurements: the tests have not yet run on a GPU (docs/cuda.md).
 #pragma once
 
@@ -50,7 +51,7 @@
 
 namespace slearn::gpu_testing {
 
-constexpr double kBf16Unit = 1.0 / 256.0;       // u = 2^-8: one rounding to bf16 moves a value by <= u/2 of it
+constexpr double kBf16Unit = 1.0 / 256.0;       // u = 2^-8: one rounding to bf16 moves a value by <= u of it
 constexpr double kFp32Unit = 1.0 / 16777216.0;  // 2^-24
 constexpr double kLambda = 8.0;                 // the probabilistic bounds' multiple of the standard deviation
 
@@ -162,8 +163,8 @@ inline double max_abs(const std::vector<float>& v) {
 inline double fp32_noise(std::int64_t terms) {
   return (32.0 + kLambda * std::sqrt(static_cast<double>(std::max<std::int64_t>(terms, 1)))) * kFp32Unit;
 }
-// The bound on sum_j delta_j t_j for independent roundings |delta_j| <= u/2, given sum_j t_j^2.
-inline double hoeffding_bf16(double sum_of_squares) { return kLambda * 0.5 * kBf16Unit * std::sqrt(sum_of_squares); }
+// The bound on sum_j delta_j t_j for independent roundings |delta_j| <= u, given sum_j t_j^2.
+inline double hoeffding_bf16(double sum_of_squares) { return kLambda * kBf16Unit * std::sqrt(sum_of_squares); }
 
 struct Tolerance {
   std::vector<double> sums;     // S_i: sum of |terms| of element i; empty means |ref_i|
@@ -498,12 +499,12 @@ inline LogitComparison expect_logit_rows_close(const std::vector<float>& got, co
 // The bound of a whole model's logits, CUDA (bf16 weights and activations) against the CPU (fp32 activations)
 // on identical bf16-exact weights (Model::random), per row relative to the row's RMS logit. Derivation:
 // - every activation tensor the CUDA model stores is rounded to bf16: element x becomes x (1 + delta),
-//   |delta| <= u/2, which we model as independent and uniform: an RMS relative error of u / (2 sqrt 3);
+//   |delta| <= u, which we model as independent and uniform: an RMS relative error of u / sqrt 3;
 // - a linear map with incoherent (random) weights carries an input's RMS relative error to its output
 //   unchanged, RMSNorm keeps relative errors, and the residual stream adds the errors of its branches; with
 //   independent roundings the relative RMS errors add in quadrature along the path, so after R roundings per
 //   layer over L layers (and a few outside them: the RoPE tables, the final norm) the final hidden state is
-//   off by eps0 = u / (2 sqrt 3) sqrt(R L + 4) of its RMS;
+//   off by eps0 = u / sqrt 3 sqrt(R L + 4) of its RMS (a rounding error uniform in [-u, u] relative);
 // - the per-layer amplification that this random-walk model ignores (softmax, SiLU and the branches'
 //   gains are no isometries) gets a margin of kAmplification = 3 on eps0;
 // - the LM head writes fp32 logits (no rounding), and an incoherent head turns a relative error eps of the
@@ -521,7 +522,7 @@ inline LogitComparison expect_logit_rows_close(const std::vector<float>& got, co
 constexpr double kAmplification = 3.0;
 inline LogitTolerance model_logit_tolerance(std::int64_t layers, std::int64_t roundings_per_layer,
                                             std::int64_t vocab) {
-  const double eps0 = 0.5 * kBf16Unit / std::sqrt(3.0) *
+  const double eps0 = kBf16Unit / std::sqrt(3.0) *
                       std::sqrt(static_cast<double>(roundings_per_layer * layers + 4));
   const double eps = kAmplification * eps0;
   return {eps, (std::sqrt(2.0 * std::log(static_cast<double>(vocab))) + 2.0) * eps};

