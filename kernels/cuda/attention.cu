@@ -2,7 +2,9 @@
 // kKeyTile rows and the softmax is computed online (running max, running sum, rescaled accumulator), so no
 // score matrix is ever stored. The backward of the training attention is attention_backward.cu.
 //
-// One kernel serves inference over the KV cache and training over packed sequences:
+// The reference kernel, for inference over the KV cache and training over packed sequences where the
+// tensor-core kernels do not apply (prefill_attention.cu serves prefill chunks and training at head dims 64
+// and 128, decode_attention.cu lone decode tokens):
 //   one block of kWarps warps per (query row, kv head). The block stages the query rows of the kv head's
 //   group of query heads and, tile by tile, the K and V rows of the query's context, as fp32 in shared
 //   memory. Warp w handles query heads w, w + kWarps, ... of the group; within a tile, lane j scores key j

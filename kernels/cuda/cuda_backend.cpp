@@ -11,6 +11,7 @@
 
 #include "cuda/cuda_backend_impl.hpp"
 #include "cuda/cuda_check.hpp"
+#include "cuda/prefill_attention.hpp"
 #include "slearn/device_binding.hpp"
 #include "slearn/error.hpp"
 #include "util/trace.hpp"
@@ -267,7 +268,24 @@ void CudaBackend::attention_train(const Tensor& q, const Tensor& k, const Tensor
   expect(out.numel() == q.numel(), out, "attention_train output must match the query");
   expect(lse.numel() == q.dim(0) * q.dim(1), lse, "lse must be [tokens, heads]");
   std::vector<std::int64_t> start, end;
-  sequence_bounds("attention_train", seq_starts, q.dim(0), start, end);
+  sequence_bounds("attention_train", seq_starts, q.dim(0), start, end);  // checks seq_starts
+  // Head dims 64 and 128 run on tensor cores (prefill_attention.cu, each sequence a cache of capacity 1 in
+  // slot = its first row), given the alignment its 16-byte copies need; anything else on the reference kernel.
+  const auto aligned = [](const void* p, std::uintptr_t bytes) {
+    return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+  };
+  if (cuda::prefill_attention_supports(q.dim(2)) && aligned(dev(q), 16) && aligned(dev(k), 16) &&
+      aligned(dev(v), 16) && aligned(dev(out), 4)) {
+    const std::vector<cuda::PrefillTile> tiles =
+        cuda::training_prefill_tiles(seq_starts.data(), seq_starts.size(), q.dim(0));
+    cuda::HostPack pack;
+    const std::size_t tiles_at = pack.add(tiles);
+    void* base = stage(pack);
+    cuda::launch_prefill_attention({dev(q), dev(k), dev(v), dev(out), at<const cuda::PrefillTile>(base, tiles_at),
+                                    static_cast<std::int64_t>(tiles.size()), q.dim(1), k.dim(1), q.dim(2),
+                                    /*capacity=*/1, scale_factor, stream_, dev_f32(lse)});
+    return;
+  }
   std::vector<std::int32_t> context(start.size());
   for (std::size_t t = 0; t < start.size(); ++t) context[t] = index32(static_cast<std::int64_t>(t) - start[t] + 1);
   cuda::HostPack pack;

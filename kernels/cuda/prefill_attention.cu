@@ -16,9 +16,13 @@
 //  - P is rounded to bf16 in registers: the S accumulator layout of two adjacent n-tiles is exactly the A
 //    fragment layout of one k-step, so P never touches shared memory; O += P V with V B fragments from
 //    ldmatrix.trans;
-//  - at the end O / l is rounded to bf16 and stored.
+//  - at the end O / l is rounded to bf16 and stored, and, when p.lse is set (training), the row's natural
+//    log-sum-exp: with m the max and l the sum in the log2 domain (x = log2(e) scale q.k), ln(sum_j e^(scale
+//    q.k_j)) = ln 2 (m + log2 l) = ln 2 m + ln l.
 // Key tiles past the tile's last query position are never loaded; inside the last loaded tile, keys past it
 // are zero-filled (cp.async src-size 0), so no cache row beyond the sequence's last position is ever read.
+// Nothing bounds a position by the capacity: key j of a tile is row slot * capacity + j (int64), which lets
+// training pass a packed batch's k, v as a cache of capacity 1 with slot = the sequence's first row.
 // Shared rows are padded by 16 bytes (D + 8 elements): the 8 rows of an 8x8 ldmatrix matrix then start 4
 // banks apart and hit all 32 banks, and the 16-byte cp.async stores stay aligned. No atomics: each output
 // element is written once, by one thread, with a fixed summation order (deterministic for a given tiling).
@@ -59,6 +63,7 @@ constexpr int kWarps = kPrefillTileRows / 16;
 constexpr int kBlockThreads = kWarps * 32;
 constexpr int kKeyTile = 64;  // keys per K/V tile (the N of S, the K of P V)
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
 static_assert(kPrefillTileRows == 64 && kKeyTile == 64, "the loops below assume 64-row query and key tiles");
 
 // Shared memory of one block: K stages 0 and 1, then V stages 0 and 1, each kKeyTile x kStride. The Q tile
@@ -272,7 +277,10 @@ __global__ void __launch_bounds__(kBlockThreads) prefill_attention_kernel(Prefil
     const float total = quad_sum(row_sum[i]);  // >= 1: the row's max key contributes exp2(0)
     if (rows[i] >= tile.rows) continue;
     const float inv = 1.0f / total;
-    bf16* out = p.out + (static_cast<std::int64_t>(tile.row0) + rows[i]) * q_stride + static_cast<std::int64_t>(head) * D;
+    const std::int64_t q_row = static_cast<std::int64_t>(tile.row0) + rows[i];
+    // row_max is the same in the 4 threads of the quad (quad_max), total too: one of them writes.
+    if (p.lse != nullptr && t == 0) p.lse[q_row * p.heads + head] = row_max[i] * kLn2 + logf(total);
+    bf16* out = p.out + q_row * q_stride + static_cast<std::int64_t>(head) * D;
 #pragma unroll
     for (int dt = 0; dt < kDimTiles; ++dt) {
       const __nv_bfloat162 pair = __floats2bfloat162_rn(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
@@ -318,6 +326,32 @@ std::vector<PrefillTile> prefill_tiles(const std::vector<PrefillChunk>& chunks, 
                        static_cast<std::int32_t>(c.start + r), c.slot});
   }
   // Longest first: a block's work grows with its key count, and the grid is scheduled roughly in order.
+  std::stable_sort(tiles.begin(), tiles.end(), [](const PrefillTile& a, const PrefillTile& b) {
+    return a.position0 + a.rows > b.position0 + b.rows;
+  });
+  return tiles;
+}
+
+std::vector<PrefillTile> training_prefill_tiles(const std::int64_t* seq_starts, std::size_t count,
+                                                std::int64_t tokens) {
+  if (count == 0 || seq_starts[0] != 0 || seq_starts[count - 1] != tokens || tokens > 0x7fffffff) {
+    const std::string got =
+        count == 0 ? "no starts" : std::to_string(seq_starts[0]) + " .. " + std::to_string(seq_starts[count - 1]);
+    throw_error("training prefill attention: sequence starts must run from 0 to the " + std::to_string(tokens) +
+                " tokens, at most 2^31 - 1 (got " + got + ")");
+  }
+  std::vector<PrefillTile> tiles;
+  for (std::size_t s = 0; s + 1 < count; ++s) {
+    const std::int64_t start = seq_starts[s], end = seq_starts[s + 1];
+    if (end < start)
+      throw_error("training prefill attention: sequence starts decrease at sequence " + std::to_string(s) + " (" +
+                  std::to_string(start) + " -> " + std::to_string(end) + ")");
+    // A cache of capacity 1 in slot `start`: key j is row start + j, query row start + r has position r.
+    for (std::int64_t r = 0; r < end - start; r += kPrefillTileRows)
+      tiles.push_back({static_cast<std::int32_t>(start + r),
+                       static_cast<std::int32_t>(std::min<std::int64_t>(kPrefillTileRows, end - start - r)),
+                       static_cast<std::int32_t>(r), static_cast<std::int32_t>(start)});
+  }
   std::stable_sort(tiles.begin(), tiles.end(), [](const PrefillTile& a, const PrefillTile& b) {
     return a.position0 + a.rows > b.position0 + b.rows;
   });

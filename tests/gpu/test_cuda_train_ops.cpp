@@ -1,8 +1,9 @@
 // The CUDA backend's training ops against the CPU backend on the same bf16-rounded inputs (see
 // gpu_test_util.hpp for the per-element tolerance): matmul in every transpose combination, dropout (the same
 // mask, exactly), the backward of RMSNorm and SwiGLU, attention over packed sequences forward and backward
-// for GQA groups 1 to 16 at head dims 16, 64 and 128 (the backward's tiled kernels: attention_backward.cu)
-// with bit-identical reruns, and the chunked cross-entropy with a ragged vocabulary
+// for GQA groups 1 to 16 at head dims 16, 64 and 128 (the forward on tensor cores at 64 and 128:
+// prefill_attention.cu, longer sequences in test_cuda_attention_train.cpp; the backward's tiled kernels:
+// attention_backward.cu) with bit-identical reruns, and the chunked cross-entropy with a ragged vocabulary
 // chunk and more than one row chunk. Every test skips, visibly, without a GPU.
 #include "gpu_test_util.hpp"
 
