@@ -27,6 +27,18 @@ class Communicator {
   // The logical OR of `flag` over all ranks (used to agree on stopping).
   virtual bool any(bool flag) = 0;
   virtual void barrier() = 0;
+
+  // ---- Groups (a tensor-parallel mesh: src/dist/mesh.hpp) ----
+  // Collective: the ranks that pass the same `color` form one new communicator, ranked by `key` (ties by
+  // this communicator's rank). The result lives on its own; it may outlive nothing it was split from but
+  // the process's MPI session.
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+  // Every rank's `values` (the same count on every rank) concatenated in rank order into `out`
+  // (size() times as many).
+  virtual void allgather(std::span<const float> values, std::span<float> out) = 0;
+  // `values` from `root` replaces every other rank's (the same count on every rank).
+  virtual void broadcast(std::span<float> values, int root) = 0;
+  virtual void broadcast(std::span<std::int32_t> values, int root) = 0;
 };
 
 std::unique_ptr<Communicator> make_single_process_communicator();

@@ -1,5 +1,5 @@
-// The Communicator over MPI_COMM_WORLD (Open MPI 4.1, MPI 3.1). Every call is a collective: all ranks make
-// the same calls in the same order. MPI is initialised with MPI_THREAD_FUNNELED, so only the thread that
+// The Communicator over MPI_COMM_WORLD, or a group split from it (Open MPI 4.1, MPI 3.1). Every call is a
+// collective: all ranks make the same calls in the same order. MPI is initialised with MPI_THREAD_FUNNELED, so only the thread that
 // created the MpiSession may call these. Errors come back as return codes (MPI_ERRORS_RETURN) and are thrown
 // as slearn::Error by SLEARN_MPI_CHECK.
 #include <mpi.h>
@@ -61,6 +61,8 @@ template <>
 MPI_Datatype datatype_of<double>() { return MPI_DOUBLE; }
 template <>
 MPI_Datatype datatype_of<std::int64_t>() { return MPI_INT64_T; }
+template <>
+MPI_Datatype datatype_of<std::int32_t>() { return MPI_INT32_T; }
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -72,10 +74,23 @@ class MpiCommunicator final : public Communicator {
     if (initialized == 0 || finalized != 0)
       throw Error(finalized != 0 ? "MPI communicator: MPI has already been finalised"
                                  : "MPI communicator: MPI is not initialised (hold an MpiSession first)");
-    SLEARN_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    SLEARN_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
-    SLEARN_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+    comm_ = MPI_COMM_WORLD;
+    SLEARN_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+    SLEARN_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    SLEARN_MPI_CHECK(MPI_Comm_size(comm_, &size_));
   }
+  // Takes ownership of `comm` (from MPI_Comm_split): freed with the communicator.
+  explicit MpiCommunicator(MPI_Comm comm) : comm_(comm), owned_(true) {
+    SLEARN_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+    SLEARN_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    SLEARN_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  }
+  ~MpiCommunicator() override {
+    int finalized = 0;
+    if (owned_ && MPI_Finalized(&finalized) == MPI_SUCCESS && finalized == 0) MPI_Comm_free(&comm_);
+  }
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -90,7 +105,7 @@ class MpiCommunicator final : public Communicator {
                   " are more than one MPI call can carry (" + std::to_string(INT_MAX) + ")");
     const int count = static_cast<int>(values.size());
     std::vector<int> counts(static_cast<std::size_t>(size_), 0);
-    SLEARN_MPI_CHECK(MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD));
+    SLEARN_MPI_CHECK(MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_));
     std::vector<int> offsets(counts.size(), 0);
     std::int64_t total = 0;
     for (std::size_t r = 0; r < counts.size(); ++r) {
@@ -107,7 +122,7 @@ class MpiCommunicator final : public Communicator {
     const void* send = values.empty() ? static_cast<const void*>(&unused) : static_cast<const void*>(values.data());
     void* receive = gathered.empty() ? static_cast<void*>(&unused) : static_cast<void*>(gathered.data());
     SLEARN_MPI_CHECK(MPI_Allgatherv(send, count, MPI_INT64_T, receive, counts.data(), offsets.data(), MPI_INT64_T,
-                                    MPI_COMM_WORLD));
+                                    comm_));
     return gathered;
   }
 
@@ -116,11 +131,11 @@ class MpiCommunicator final : public Communicator {
       throw Error("MPI broadcast: root " + std::to_string(root) + " is not a rank (there are " +
                   std::to_string(size_) + ")");
     std::uint64_t length = rank_ == root ? static_cast<std::uint64_t>(text.size()) : 0;
-    SLEARN_MPI_CHECK(MPI_Bcast(&length, 1, MPI_UINT64_T, root, MPI_COMM_WORLD));
+    SLEARN_MPI_CHECK(MPI_Bcast(&length, 1, MPI_UINT64_T, root, comm_));
     if (rank_ != root) text.assign(static_cast<std::size_t>(length), '\0');
     for (std::size_t done = 0; done < text.size();) {
       const std::size_t piece = std::min(kMaxChunk, text.size() - done);
-      SLEARN_MPI_CHECK(MPI_Bcast(text.data() + done, static_cast<int>(piece), MPI_CHAR, root, MPI_COMM_WORLD));
+      SLEARN_MPI_CHECK(MPI_Bcast(text.data() + done, static_cast<int>(piece), MPI_CHAR, root, comm_));
       done += piece;
     }
   }
@@ -128,11 +143,34 @@ class MpiCommunicator final : public Communicator {
   bool any(bool flag) override {
     int local = flag ? 1 : 0;
     int result = 0;
-    SLEARN_MPI_CHECK(MPI_Allreduce(&local, &result, 1, MPI_INT, MPI_LOR, MPI_COMM_WORLD));
+    SLEARN_MPI_CHECK(MPI_Allreduce(&local, &result, 1, MPI_INT, MPI_LOR, comm_));
     return result != 0;
   }
 
-  void barrier() override { SLEARN_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
+  void barrier() override { SLEARN_MPI_CHECK(MPI_Barrier(comm_)); }
+
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    if (color < 0) throw Error("MPI split: color " + std::to_string(color) + " on rank " + std::to_string(rank_) +
+                               " is negative");
+    MPI_Comm part = MPI_COMM_NULL;
+    SLEARN_MPI_CHECK(MPI_Comm_split(comm_, color, key, &part));
+    return std::make_unique<MpiCommunicator>(part);
+  }
+
+  void allgather(std::span<const float> values, std::span<float> out) override {
+    if (out.size() != values.size() * static_cast<std::size_t>(size_))
+      throw Error("MPI allgather: " + std::to_string(out.size()) + " places for " + std::to_string(size_) +
+                  " ranks of " + std::to_string(values.size()) + " values on rank " + std::to_string(rank_));
+    if (values.size() > kMaxChunk)
+      throw Error("MPI allgather: " + std::to_string(values.size()) + " floats a rank are more than one MPI call "
+                  "carries");
+    if (values.empty()) return;
+    SLEARN_MPI_CHECK(MPI_Allgather(values.data(), static_cast<int>(values.size()), MPI_FLOAT, out.data(),
+                                   static_cast<int>(values.size()), MPI_FLOAT, comm_));
+  }
+
+  void broadcast(std::span<float> values, int root) override { broadcast_values(values, root); }
+  void broadcast(std::span<std::int32_t> values, int root) override { broadcast_values(values, root); }
 
  private:
   // Every rank must pass the same number of values (as with any MPI reduction).
@@ -142,11 +180,25 @@ class MpiCommunicator final : public Communicator {
     for (std::size_t done = 0; done < values.size();) {
       const std::size_t piece = std::min(kMaxChunk, values.size() - done);
       SLEARN_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, values.data() + done, static_cast<int>(piece), datatype_of<T>(),
-                                     MPI_SUM, MPI_COMM_WORLD));
+                                     MPI_SUM, comm_));
       done += piece;
     }
   }
 
+  template <class T>
+  void broadcast_values(std::span<T> values, int root) {
+    if (root < 0 || root >= size_)
+      throw Error("MPI broadcast: root " + std::to_string(root) + " is not a rank (there are " +
+                  std::to_string(size_) + ")");
+    for (std::size_t done = 0; done < values.size();) {
+      const std::size_t piece = std::min(kMaxChunk, values.size() - done);
+      SLEARN_MPI_CHECK(MPI_Bcast(values.data() + done, static_cast<int>(piece), datatype_of<T>(), root, comm_));
+      done += piece;
+    }
+  }
+
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  bool owned_ = false;
   int rank_ = 0;
   int size_ = 1;
 };

@@ -151,6 +151,10 @@ class ScriptedCommunicator final : public Communicator {
   void broadcast(std::string& text, int) override { text = from_root_; }
   bool any(bool) override { unexpected(); }
   void barrier() override { unexpected(); }
+  std::unique_ptr<Communicator> split(int, int) override { unexpected(); }
+  void allgather(std::span<const float>, std::span<float>) override { unexpected(); }
+  void broadcast(std::span<float>, int) override { unexpected(); }
+  void broadcast(std::span<std::int32_t>, int) override { unexpected(); }
 
  private:
   [[noreturn]] static void unexpected() { throw Error("ScriptedCommunicator: only broadcast is scripted"); }

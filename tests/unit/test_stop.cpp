@@ -104,6 +104,10 @@ class OtherRankSaw final : public slearn::Communicator {
   void broadcast(std::string&, int) override {}
   bool any(bool flag) override { return flag || stopping_; }
   void barrier() override {}
+  std::unique_ptr<slearn::Communicator> split(int, int) override { throw slearn::Error("not simulated"); }
+  void allgather(std::span<const float>, std::span<float>) override { throw slearn::Error("not simulated"); }
+  void broadcast(std::span<float>, int) override { throw slearn::Error("not simulated"); }
+  void broadcast(std::span<std::int32_t>, int) override { throw slearn::Error("not simulated"); }
 
  private:
   bool stopping_;
