@@ -67,6 +67,19 @@ class WeightStore {
   void check_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape) const;
   // Copies a tensor into `out` as fp32 after check_f32.
   void read_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape, float* out) const;
+  // Tensor parallelism: each rank reads only its slice of a weight, so that its resident weights are about
+  // 1/T of the model. Both check_f32 first, then the range (InputError naming the file, the tensor, the range
+  // and the extent), and convert from the stored dtype reading only the slice's bytes of the mapping.
+  //
+  // Rows [first_row, first_row + rows) along axis 0 of a tensor of any rank >= 1 (a column-parallel weight or
+  // bias, a vocabulary-parallel embedding): one contiguous run, so `out` holds rows * (the product of the
+  // other dimensions) floats.
+  void read_rows_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape,
+                     std::int64_t first_row, std::int64_t rows, float* out) const;
+  // Columns [first_column, first_column + columns) of every row of a 2-D [rows, cols] tensor (a row-parallel
+  // weight: o_proj, down_proj): one run per row, strided by cols; `out` is [rows, columns], row-major.
+  void read_columns_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape,
+                        std::int64_t first_column, std::int64_t columns, float* out) const;
   std::filesystem::path file_of(const std::string& name) const;
   const std::filesystem::path& model_dir() const { return model_dir_; }
 
@@ -74,6 +87,15 @@ class WeightStore {
   std::filesystem::path model_dir_;  // for error messages
   std::map<std::string, std::shared_ptr<const SafetensorsFile>> owner_;  // tensor name -> file
 };
+
+// The part of an extent (rows, columns, heads, a vocabulary) that rank `index` of `parts` holds when it is split
+// evenly: [index * extent / parts, (index + 1) * extent / parts). Uneven splits are refused rather than padded
+// (InputError naming the extent and the parts), so that every rank's slices have the same shapes; parts < 1
+// or an index outside [0, parts) is a caller's bug (Error).
+struct Slice {
+  std::int64_t first = 0, count = 0;
+};
+Slice even_slice(std::int64_t extent, int parts, int index);
 
 // A tensor to write: fp32 data converted to `dtype` on the way out (F32, F16 or BF16).
 struct TensorToWrite {

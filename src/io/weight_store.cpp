@@ -160,6 +160,105 @@ void WeightStore::read_f32(const std::string& name, const std::vector<std::int64
   convert_to_f32(tensor.dtype, bytes.data(), static_cast<std::size_t>(tensor.numel()), out);
 }
 
+namespace {
+
+// "[4, 8)"; a range whose end would overflow int64 is spelled by its first index and count instead.
+// (Appended piece by piece: GCC 12 warns falsely (-Wrestrict) on "literal" + std::to_string(...).)
+std::string range_text(std::int64_t first, std::int64_t count) {
+  std::string text = "[";
+  text += std::to_string(first);
+  text += ", ";
+  std::int64_t end = 0;
+  if (__builtin_add_overflow(first, count, &end)) {
+    text += std::to_string(first) + " + " + std::to_string(count);
+  } else {
+    text += std::to_string(end);
+  }
+  text += ")";
+  return text;
+}
+
+// [first, first + count) lies within [0, extent), written so that no sum can overflow.
+bool range_within(std::int64_t first, std::int64_t count, std::int64_t extent) {
+  return first >= 0 && count >= 0 && first <= extent && count <= extent - first;
+}
+
+// Below this many elements a strided read runs on the calling thread (as convert_to_f32 does for one run).
+constexpr std::int64_t kParallelColumnsThreshold = std::int64_t{1} << 20;
+
+}  // namespace
+
+void WeightStore::read_rows_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape,
+                                std::int64_t first_row, std::int64_t rows, float* out) const {
+  check_f32(name, expected_shape);
+  const TensorInfo& tensor = info(name);
+  const auto& file = *owner_.find(name)->second;
+  if (tensor.shape.empty()) {
+    fail(file.path(), "tensor \"" + name + "\" is a scalar (shape []): it has no rows to slice");
+  }
+  const std::int64_t extent = tensor.shape[0];
+  if (!range_within(first_row, rows, extent)) {
+    fail(file.path(), "tensor \"" + name + "\": rows " + range_text(first_row, rows) + " are outside its " +
+                          std::to_string(extent) + " rows [0, " + std::to_string(extent) + ") (shape " +
+                          shape_to_string(tensor.shape) + ")");
+  }
+  // Rows are contiguous in the row-major layout, so the slice is one run of the mapping: only its pages are
+  // touched, and convert_to_f32 spreads a large run over the threads as read_f32 does. The byte offsets fit:
+  // opening the file checked that the whole tensor's byte count does.
+  std::int64_t row_size = 1;
+  for (std::size_t axis = 1; axis < tensor.shape.size(); ++axis) row_size *= tensor.shape[axis];
+  const std::size_t element_size = dtype_size(tensor.dtype);
+  const auto bytes = file.bytes(tensor);
+  const std::byte* first = bytes.data() + static_cast<std::size_t>(first_row * row_size) * element_size;
+  convert_to_f32(tensor.dtype, first, static_cast<std::size_t>(rows * row_size), out);
+}
+
+void WeightStore::read_columns_f32(const std::string& name, const std::vector<std::int64_t>& expected_shape,
+                                   std::int64_t first_column, std::int64_t columns, float* out) const {
+  check_f32(name, expected_shape);
+  const TensorInfo& tensor = info(name);
+  const auto& file = *owner_.find(name)->second;
+  if (tensor.shape.size() != 2) {
+    fail(file.path(), "tensor \"" + name + "\" has shape " + shape_to_string(tensor.shape) +
+                          ": a column slice needs a 2-D [rows, columns] tensor");
+  }
+  const std::int64_t rows = tensor.shape[0];
+  const std::int64_t extent = tensor.shape[1];
+  if (!range_within(first_column, columns, extent)) {
+    fail(file.path(), "tensor \"" + name + "\": columns " + range_text(first_column, columns) +
+                          " are outside its " + std::to_string(extent) + " columns [0, " + std::to_string(extent) +
+                          ") (shape " + shape_to_string(tensor.shape) + ")");
+  }
+  // One run of `columns` elements per row, `extent` elements apart: converting run by run reads only the
+  // slice's bytes (no full-tensor temporary; the page cache still faults in whole pages, so rows shorter than
+  // a few pages are read from disk whole). Rows are spread over the threads when the slice is large, each
+  // run converted on its own thread; check_f32 has refused every dtype convert_to_f32 could throw for, so
+  // nothing throws inside the parallel loop.
+  const std::size_t element_size = dtype_size(tensor.dtype);
+  const std::byte* data = file.bytes(tensor).data();
+  const DType dtype = tensor.dtype;
+  const auto run = static_cast<std::size_t>(columns);
+#pragma omp parallel for schedule(static) if (rows * columns >= kParallelColumnsThreshold)
+  for (std::int64_t row = 0; row < rows; ++row) {
+    const std::byte* source = data + static_cast<std::size_t>(row * extent + first_column) * element_size;
+    convert_to_f32(dtype, source, run, out + row * columns);
+  }
+}
+
+Slice even_slice(std::int64_t extent, int parts, int index) {
+  if (parts < 1 || index < 0 || index >= parts) {
+    throw Error("even_slice: part " + std::to_string(index) + " of " + std::to_string(parts) +
+                " parts (expected parts >= 1 and 0 <= index < parts)");
+  }
+  if (extent < 0 || extent % parts != 0) {
+    throw InputError("cannot split an extent of " + std::to_string(extent) + " evenly into " +
+                     std::to_string(parts) + " parts (" + std::to_string(extent) + " is not a multiple of " +
+                     std::to_string(parts) + ")");
+  }
+  const std::int64_t count = extent / parts;
+  return {index * count, count};
+}
+
 std::filesystem::path WeightStore::file_of(const std::string& name) const {
   const auto it = owner_.find(name);
   if (it == owner_.end()) missing_tensor(model_dir_, name);
