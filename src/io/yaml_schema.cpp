@@ -1,6 +1,7 @@
 #include <sstream>
 #include <fstream>
 #include "io/yaml_schema.hpp"
+#include "tokenizer/unicode.hpp"
 
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
@@ -137,6 +138,15 @@ std::string nul_in(const std::string& text) {
   return "must not contain a NUL character (\\0), got " + shown(text);
 }
 
+// YAML text is Unicode: a string that is not valid UTF-8 (a stray byte from a binary paste or another
+// encoding) cannot be written back faithfully (yaml-cpp then emits it unquoted, and a carriage return after
+// such a byte is lost on reading the effective configuration again). Refused, as a NUL is.
+std::optional<std::string> bad_text(const std::string& text) {
+  if (text.find('\0') != std::string::npos) return nul_in(text);
+  if (!tok::is_valid_utf8(text)) return "must be valid UTF-8 text, got " + shown(tok::lossy_utf8(text));
+  return std::nullopt;
+}
+
 // Converts a node to the key's type, or returns why it cannot.
 std::variant<Value, std::string> convert(Kind kind, const YAML::Node& node) {
   const auto wrong = [&](const std::string& expected) -> std::variant<Value, std::string> {
@@ -145,7 +155,7 @@ std::variant<Value, std::string> convert(Kind kind, const YAML::Node& node) {
   switch (kind) {
     case Kind::String:
       if (!node.IsScalar()) return wrong("a string");
-      if (node.Scalar().find('\0') != std::string::npos) return nul_in(node.Scalar());
+      if (const auto bad = bad_text(node.Scalar())) return *bad;
       return Value(node.Scalar());
     case Kind::OptionalInt:
       if (node.IsNull()) return Value(std::monostate{});
@@ -180,8 +190,7 @@ std::variant<Value, std::string> convert(Kind kind, const YAML::Node& node) {
         const YAML::Node item = node[i];
         if (!item.IsScalar())
           return "must be a list of strings, but item " + std::to_string(i + 1) + " is " + describe(item);
-        if (item.Scalar().find('\0') != std::string::npos)
-          return "item " + std::to_string(i + 1) + ": " + nul_in(item.Scalar());
+        if (const auto bad = bad_text(item.Scalar())) return "item " + std::to_string(i + 1) + ": " + *bad;
         items.push_back(item.Scalar());
       }
       return Value(std::move(items));

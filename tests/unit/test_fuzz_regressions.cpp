@@ -104,6 +104,26 @@ TEST_F(FuzzRegressions, YamlConfigStrayCommaHangs) {
   EXPECT_EQ(config.model, "m");
 }
 
+// fuzz_config: "path: x \xff\r" loaded, but yaml-cpp wrote the invalid UTF-8 back unquoted and the carriage
+// return was lost when the effective configuration was read again. Strings must now be valid UTF-8.
+TEST_F(FuzzRegressions, YamlConfigInvalidUtf8IsNotWrittenBackFaithfully) {
+  const std::string input = read_file(regression("config-invalid-utf8-carriage-return.bin"));
+  ASSERT_GT(input.size(), 1u);
+  const std::string yaml = input.substr(1, input.find('\0', 1) == std::string::npos ? std::string::npos
+                                                                                       : input.find('\0', 1) - 1);
+  const std::string error = input_error_within([&] { parse_run_config(yaml, "run.yaml"); });
+  EXPECT_NE(error.find("must be valid UTF-8 text"), std::string::npos) << error;
+  const std::string stray_byte = std::string("model: m\nrun_dir: r\ndata:\n  path: d") + '\xff' + ".jsonl\n";
+  EXPECT_NE(input_error_within([&] { parse_run_config(stray_byte, "run.yaml"); })
+                .find("key \"data.path\" (line 4) must be valid UTF-8 text"),
+            std::string::npos)
+      << input_error_within([&] { parse_run_config(stray_byte, "run.yaml"); });
+  // Valid UTF-8 with a carriage return (quoted) still round-trips.
+  const RunConfig config = parse_run_config("model: m\nrun_dir: r\ndata:\n  path: \"d\\r.jsonl\"\n", "run.yaml");
+  EXPECT_EQ(config.data.path, "d\r.jsonl");
+  EXPECT_EQ(parse_run_config(config.source_text, "run.yaml").source_text, config.source_text);
+}
+
 // Review of fuzz_safetensors: a header with a value nested ~100k deep in "shape" crashed the process (stack
 // overflow in json::dump while writing the error message). Headers nesting deeper than serde_json's limit (128)
 // are now an InputError, as the reference implementation refuses them.
