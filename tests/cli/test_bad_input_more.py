@@ -100,6 +100,15 @@ def replace_config(case, old, new):
     write(path, text.replace(old, new, 1))
 
 
+def replace_config_bytes(case, old, new):
+    path = os.path.join(case, "run.yaml")
+    with open(path, "rb") as f:
+        data = f.read()
+    assert old in data, old
+    with open(path, "wb") as f:
+        f.write(data.replace(old, new, 1))
+
+
 def data_lines(case, lines, name="data.jsonl"):
     write(os.path.join(case, name), "\n".join(lines) + "\n")
 
@@ -166,6 +175,10 @@ CASES = [
     ("config", "NUL in a string value (run_dir: \"a\\0b\")", RUN,
      lambda c: replace_config(c, "run_dir: out\n", 'run_dir: "a\\0b"\n'),
      ["run.yaml", '"run_dir"', "line 2", "NUL"]),
+    # fuzz_config: a string that is not UTF-8 could not be written back to the run's configuration faithfully
+    ("config", "a byte that is not UTF-8 in a string value (path: data\\xff.jsonl)", RUN,
+     lambda c: replace_config_bytes(c, b"path: data.jsonl\n", b"path: data\xff.jsonl\n"),
+     ["run.yaml", '"data.path"', "valid UTF-8"]),
     # duplicate keys in one data record
     ("data", "duplicate key in a JSONL record", RUN,
      lambda c: data_lines(c, GOOD_LINES[:1] + [DUPLICATE] + GOOD_LINES[1:]),
