@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "slearn/backend.hpp"
+#include "slearn/communicator.hpp"
 #include "slearn/model_config.hpp"
 #include "slearn/tensor.hpp"
 
@@ -41,6 +42,14 @@ class KVCache {
   std::vector<Tensor> keys_, values_;
 };
 
+// Where a model is one of the T ranks of a tensor group (Megatron style, include/slearn/mesh.hpp): `group` is
+// the tensor group (Mesh::tensor_group), `rank` this process's place in it and `size` its T. size 1 (the
+// default, group unused) is the whole model on one rank.
+struct TensorParallel {
+  Communicator* group = nullptr;
+  int rank = 0, size = 1;
+};
+
 // Called with each named intermediate tensor of a forward ("embed", "layers.0.attn", ..., "logits").
 using TensorObserver = std::function<void(const Tensor&)>;
 
@@ -49,6 +58,15 @@ class Model {
   // Loads config.json and the safetensors weights of `dir` into `backend`. A missing, unexpected or misshapen
   // tensor throws InputError naming the file and the tensor.
   static Model load(const std::filesystem::path& dir, Backend& backend);
+  // This rank's shard of the model of `dir` over a tensor group of tp.size ranks (tp.size 1: the load above).
+  // Each rank reads only its slices from the mapped checkpoint: q/k/v rows of its heads (kv heads replicated
+  // on T / kv_heads ranks when fewer than T), o_proj the matching columns, gate/up rows of its part of the
+  // intermediate size, down_proj those columns, the LM head its rows of the vocabulary; norms and the token
+  // embedding whole. The forward sums the partial outputs of o_proj and down_proj over the group, so every
+  // rank of the group must run the same forwards, in the same order, with the same arguments. InputError when
+  // the model does not split over tp.size ranks (check_tensor_parallel); Error when `group` is missing or its
+  // rank and size are not tp's. Adapters are refused on a sharded model for now.
+  static Model load(const std::filesystem::path& dir, Backend& backend, const TensorParallel& tp);
   // A model of `config` with random weights made on the backend itself by Backend::fill_random (uniform,
   // bf16-exact, bit-identical on every backend), for tests and benchmarks at real shapes with no file:
   // embeddings in +-embed_scale, each projection in +-weight_gain / sqrt(in_features), the untied LM head in
@@ -66,7 +84,15 @@ class Model {
 
   const ModelConfig& config() const;
   Backend& backend() const;
+  // The parameters this rank holds (all of them when not sharded; the tied LM head is not counted twice).
   std::size_t parameter_count() const;
+  const TensorParallel& tensor_parallel() const;
+  // The config as this rank's layers see it: its heads, kv heads and intermediate size (config() when not
+  // sharded). vocab_size stays the whole vocabulary (token ids, the replicated embedding).
+  const ModelConfig& local_config() const;
+  // This rank's slice of the vocabulary, [first, first + count): the columns of forward_logits' rows.
+  std::int64_t local_vocab_first() const;
+  std::int64_t local_vocab_size() const;
 
   KVCache make_cache(std::int32_t slots, std::int32_t capacity);
   // The most sequences (at least 1, at most kMaxAutoSequences) whose KV cache of `capacity` positions, and the
@@ -77,11 +103,14 @@ class Model {
 
   enum class Logits { LastOfEachChunk, AllTokens };
   // `tokens` holds the chunks' tokens concatenated in chunk order. Returns fp32 host logits, one row of
-  // vocab_size per chunk (LastOfEachChunk) or per token (AllTokens).
+  // vocab_size per chunk (LastOfEachChunk) or per token (AllTokens). On a sharded model the rows are whole too:
+  // the ranks' vocabulary slices are gathered over the group (a collective; for tests and goldens: generation
+  // keeps the slices and picks tokens with vocab_parallel_greedy / vocab_parallel_sample instead).
   std::vector<float> forward(std::span<const TokenId> tokens, std::span<const SequenceChunk> chunks, KVCache& cache,
                              Logits which);
   // The same forward, leaving the logits where the backend computed them: an fp32 tensor [rows, vocab_size] of
-  // the backend (on the GPU: device memory), valid until the next forward.
+  // the backend (on the GPU: device memory), valid until the next forward. On a sharded model: this rank's
+  // slice of the vocabulary, [rows, local_vocab_size()].
   const Tensor& forward_logits(std::span<const TokenId> tokens, std::span<const SequenceChunk> chunks,
                                KVCache& cache, Logits which);
 

@@ -5,6 +5,12 @@
 // Without an adapter on them, q/k/v and gate/up each run as one GEMM over the stacked weights
 // (src/model/weights.hpp), and each residual add is fused with the norm that follows it. A step of single
 // tokens (a decode step) runs through Backend::run_recorded, which on the GPU replays it as a CUDA graph.
+//
+// Tensor parallelism (Megatron style): a sharded model holds its rank's heads and part of the MLP (the layer
+// loop sees the local sizes through Weights::local), so q/k/v and gate/up are column-parallel and need no
+// communication, o_proj and down_proj are row-parallel and give partial sums, added up over the tensor group
+// before the residual; the LM head gives the rank's slice of the vocabulary. Two allreduces of [tokens,
+// hidden] per layer, on the host fp32 data.
 #include "slearn/model.hpp"
 
 #include <algorithm>
@@ -17,12 +23,17 @@
 #include "model/weights.hpp"
 #include "slearn/error.hpp"
 #include "slearn/lora.hpp"
+#include "slearn/mesh.hpp"
+#include "slearn/safetensors.hpp"
 #include "util/trace.hpp"
 
 namespace slearn {
 
 struct Model::Weights {
   ModelConfig config;
+  ModelConfig local;  // the layer loop's sizes: config's own unless sharded (see local_config())
+  TensorParallel tp;
+  std::int64_t vocab_first = 0;  // the first id of this rank's LM head rows
   Backend* backend = nullptr;
   ModelWeights tensors;
   std::vector<float> inverse_frequencies;
@@ -40,6 +51,7 @@ struct Model::Workspace {
   Tensor logits_view;  // the rows of `logits` the last forward wrote
   Tensor lora_tmp;  // [tokens, r] for the adapter path
   std::int64_t logits_capacity = 0;
+  std::vector<float> reduce_host;  // the staging of a partial sum whose tensor is not host fp32
 };
 
 Model::Model() = default;
@@ -53,8 +65,46 @@ Model Model::load(const std::filesystem::path& dir, Backend& backend) {
   model.workspace_ = std::make_unique<Workspace>();
   Weights& w = *model.weights_;
   w.config = load_model_config(dir);
+  w.local = w.config;
   w.backend = &backend;
   w.tensors = load_model_weights(WeightStore::open(dir), w.config, backend);
+  w.inverse_frequencies = rope_inverse_frequencies(w.config);
+  return model;
+}
+
+Model Model::load(const std::filesystem::path& dir, Backend& backend, const TensorParallel& tp) {
+  if (tp.size == 1 && tp.rank == 0) {
+    Model whole = load(dir, backend);
+    whole.weights_->tp = tp;
+    return whole;
+  }
+  if (tp.group == nullptr || tp.size < 1 || tp.group->size() != tp.size || tp.group->rank() != tp.rank)
+    throw Error("Model::load: tensor-parallel rank " + std::to_string(tp.rank) + " of " + std::to_string(tp.size) +
+                (tp.group == nullptr ? std::string(" without a group")
+                                     : " on a group where it is rank " + std::to_string(tp.group->rank()) + " of " +
+                                           std::to_string(tp.group->size())));
+  Model model;
+  model.weights_ = std::make_unique<Weights>();
+  model.workspace_ = std::make_unique<Workspace>();
+  Weights& w = *model.weights_;
+  w.config = load_model_config(dir);
+  const HeadSharding heads = check_tensor_parallel(w.config, tp.size);
+  const std::int64_t head_dim = w.config.head_dim;
+  WeightShard shard;
+  shard.q_rows = {heads.first_head(tp.rank) * head_dim, heads.heads_per_rank * head_dim};
+  shard.kv_rows = {heads.first_kv_head(tp.rank) * head_dim, heads.kv_heads_per_rank * head_dim};
+  shard.intermediate = even_slice(w.config.intermediate_size, tp.size, tp.rank);
+  shard.vocab = even_slice(w.config.vocab_size, tp.size, tp.rank);
+  // o_proj's bias joins the partial sums once: on rank 0.
+  shard.o_bias = tp.rank == 0;
+  w.local = w.config;
+  w.local.num_attention_heads = heads.heads_per_rank;
+  w.local.num_key_value_heads = heads.kv_heads_per_rank;
+  w.local.intermediate_size = shard.intermediate.count;
+  w.tp = tp;
+  w.vocab_first = shard.vocab.first;
+  w.backend = &backend;
+  w.tensors = load_model_weights(WeightStore::open(dir), w.config, backend, &shard);
   w.inverse_frequencies = rope_inverse_frequencies(w.config);
   return model;
 }
@@ -62,8 +112,15 @@ Model Model::load(const std::filesystem::path& dir, Backend& backend) {
 const ModelConfig& Model::config() const { return weights_->config; }
 Backend& Model::backend() const { return *weights_->backend; }
 std::size_t Model::parameter_count() const { return weights_->tensors.parameter_count; }
+const TensorParallel& Model::tensor_parallel() const { return weights_->tp; }
+const ModelConfig& Model::local_config() const { return weights_->local; }
+std::int64_t Model::local_vocab_first() const { return weights_->vocab_first; }
+std::int64_t Model::local_vocab_size() const { return weights_->tensors.lm_head.dim(0); }
 void Model::set_observer(TensorObserver observer) { weights_->observer = std::move(observer); }
 void Model::set_adapter(const LoraAdapter* adapter) {
+  if (adapter != nullptr && weights_->tp.size > 1)
+    throw InputError("adapters on a tensor-parallel model are not supported yet (the model is split over " +
+                     std::to_string(weights_->tp.size) + " ranks)");
   if (adapter != nullptr && adapter->layers() != weights_->tensors.layers.size())
     throw InputError("the adapter has " + std::to_string(adapter->layers()) + " layers; the model has " +
                      std::to_string(weights_->tensors.layers.size()));
@@ -95,7 +152,7 @@ std::size_t KVCache::bytes() const {
 }
 
 KVCache Model::make_cache(std::int32_t slots, std::int32_t capacity) {
-  const ModelConfig& c = weights_->config;
+  const ModelConfig& c = weights_->local;  // a sharded model caches its own kv heads only
   if (slots <= 0 || capacity <= 0) throw Error("KV cache needs at least one slot and one position");
   if (capacity > c.context_length())
     throw InputError("KV cache of " + std::to_string(capacity) + " positions exceeds the model's context of " +
@@ -114,7 +171,7 @@ KVCache Model::make_cache(std::int32_t slots, std::int32_t capacity) {
 }
 
 std::int32_t Model::sequences_that_fit(std::int64_t capacity, std::int64_t prompt_tokens, double fraction) {
-  const ModelConfig& c = weights_->config;
+  const ModelConfig& c = weights_->local;  // this rank's share of the cache, activations and logits
   Backend& b = *weights_->backend;
   // The weights are stored in the backend's compute dtype, as the cache and the activations are.
   const double element = static_cast<double>(dtype_size(weights_->tensors.embed_tokens.dtype()));
@@ -126,7 +183,8 @@ std::int32_t Model::sequences_that_fit(std::int64_t capacity, std::int64_t promp
   const double kv_cache = 2.0 * static_cast<double>(c.num_hidden_layers) * static_cast<double>(capacity) * kv * element;
   const double activations =
       static_cast<double>(prompt_tokens) * element * (3 * hidden + 3 * q + 4 * kv + 5 * inter);
-  const double per_sequence = kv_cache + activations + 4.0 * static_cast<double>(c.vocab_size) + element * hidden;
+  const double per_sequence =
+      kv_cache + activations + 4.0 * static_cast<double>(local_vocab_size()) + element * hidden;
   const double budget = fraction * static_cast<double>(b.free_memory_bytes());
   const double fit = std::floor(budget / per_sequence);
   return static_cast<std::int32_t>(std::clamp(fit, 1.0, static_cast<double>(kMaxAutoSequences)));
@@ -137,7 +195,20 @@ std::vector<float> Model::forward(std::span<const TokenId> tokens, std::span<con
   const Tensor& logits = forward_logits(tokens, chunks, cache, which);
   std::vector<float> out(static_cast<std::size_t>(logits.numel()));
   if (!out.empty()) weights_->backend->to_host(logits, out);
-  return out;
+  const TensorParallel& tp = weights_->tp;
+  if (tp.size == 1) return out;
+  // Whole rows from the ranks' slices: the gather is rank-major, [rank][row][slice]; the slices are even and
+  // in rank order (even_slice), so row r is every rank's block of row r in turn.
+  const auto slice = static_cast<std::size_t>(local_vocab_size());
+  const std::size_t rows = slice == 0 ? 0 : out.size() / slice;
+  std::vector<float> gathered(out.size() * static_cast<std::size_t>(tp.size));
+  tp.group->allgather(out, gathered);
+  std::vector<float> full(gathered.size());
+  for (std::size_t rank = 0; rank < static_cast<std::size_t>(tp.size); ++rank)
+    for (std::size_t r = 0; r < rows; ++r)
+      std::copy_n(gathered.begin() + static_cast<std::ptrdiff_t>((rank * rows + r) * slice), slice,
+                  full.begin() + static_cast<std::ptrdiff_t>((r * static_cast<std::size_t>(tp.size) + rank) * slice));
+  return full;
 }
 
 namespace {
@@ -158,11 +229,24 @@ class StepKey {
   std::uint64_t key_ = 0x51ed270b27a5c3d1ull;
 };
 
+// The sum over the tensor group of a row-parallel projection's partial output, in place.
+void sum_over_group(Backend& backend, Communicator& group, Tensor& partial, std::vector<float>& staging) {
+  const auto count = static_cast<std::size_t>(partial.numel());
+  if (partial.device() == Device::CPU && partial.dtype() == DType::F32) {
+    group.allreduce_sum(std::span<float>(partial.f32(), count));
+    return;
+  }
+  staging.resize(count);
+  backend.to_host(partial, staging);
+  group.allreduce_sum(staging);
+  backend.write(partial, staging);
+}
+
 }  // namespace
 
 const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<const SequenceChunk> chunks,
                                     KVCache& cache, Logits which) {
-  const ModelConfig& c = weights_->config;
+  const ModelConfig& c = weights_->local;
   const ModelWeights& w = weights_->tensors;
   Backend& b = *weights_->backend;
   Workspace& ws = *workspace_;
@@ -193,8 +277,9 @@ const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<c
                 " were given");
   const bool all = which == Logits::AllTokens;
   const std::int64_t rows = all ? n : static_cast<std::int64_t>(last_rows.size());
+  const std::int64_t vocab_rows = w.lm_head.dim(0);  // this rank's slice of the vocabulary
   if (n == 0) {
-    ws.logits_view = b.zeros_f32({0, c.vocab_size}, "logits");
+    ws.logits_view = b.zeros_f32({0, vocab_rows}, "logits");
     return ws.logits_view;
   }
 
@@ -218,10 +303,11 @@ const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<c
   }
   if (rows > ws.logits_capacity) {
     ws.last_rows = b.zeros({rows, hidden}, "last_rows");
-    ws.logits = b.zeros_f32({rows, c.vocab_size}, "logits");
+    ws.logits = b.zeros_f32({rows, vocab_rows}, "logits");
     ws.logits_capacity = rows;
   }
   const LoraAdapter* adapter = weights_->adapter;
+  const TensorParallel& tp = weights_->tp;
   if (adapter != nullptr && ws.lora_tmp.numel() < n * adapter->settings().r)
     ws.lora_tmp = b.zeros({n, adapter->settings().r}, "lora_tmp");
 
@@ -282,6 +368,7 @@ const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<c
       b.attention(q, cache.keys(l), cache.values(l), layout, scale, attn);
       observe(attn, name + ".attn");
       project(l, LoraTarget::OProj, attn.reshaped({n, heads * head_dim}), lw.o_proj, bias(lw.o_bias), proj);
+      if (tp.size > 1) sum_over_group(b, *tp.group, proj, ws.reduce_host);
       b.add_rms_norm(x, proj, lw.post_attention_norm, eps, normed);
       observe(x, name + ".attn_residual");
       if (adapted(l, {LoraTarget::GateProj, LoraTarget::UpProj})) {
@@ -293,6 +380,7 @@ const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<c
         b.swiglu_fused(gate_up, act);
       }
       project(l, LoraTarget::DownProj, act, lw.down_proj, nullptr, proj);
+      if (tp.size > 1) sum_over_group(b, *tp.group, proj, ws.reduce_host);
       // x += down, then the next layer's input norm (the final norm after the last layer) in one pass.
       b.add_rms_norm(x, proj, l + 1 < w.layers.size() ? w.layers[l + 1].input_norm : w.final_norm, eps, normed);
       observe(x, name + ".out");
@@ -308,8 +396,9 @@ const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<c
     observe(logits, "logits");
   };
   ws.logits_view = logits;
-  // Only decode steps are recorded: their shapes repeat step after step; observers see every op run.
-  if (single_tokens && !all && !weights_->observer) {
+  // Only decode steps are recorded: their shapes repeat step after step; observers see every op run. A sharded
+  // model's step is never recorded: its sums over the group run on the host between the ops.
+  if (single_tokens && !all && !weights_->observer && tp.size == 1) {
     StepKey key;
     key.add(static_cast<std::uint64_t>(n));
     for (const Tensor* t : std::initializer_list<const Tensor*>{
@@ -369,6 +458,7 @@ Model Model::random(const ModelConfig& config, Backend& backend, const RandomIni
   model.workspace_ = std::make_unique<Workspace>();
   Weights& w = *model.weights_;
   w.config = config;
+  w.local = config;
   w.backend = &backend;
   ModelWeights& t = w.tensors;
   const std::int64_t hidden = config.hidden_size, inter = config.intermediate_size;

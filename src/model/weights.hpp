@@ -34,7 +34,19 @@ struct ModelWeights {
   std::size_t parameter_count = 0;
 };
 
+// The slices one rank of a tensor group holds (Megatron style), in rows or columns of the checkpoint's tensors:
+// q_proj rows of its query heads, k_proj / v_proj rows of its kv heads (with their biases), o_proj the matching
+// input columns; gate_proj / up_proj rows of its part of the intermediate size, down_proj those columns; the
+// LM head its vocabulary rows. Norms and the token embedding are replicated. The stacked qkv and gate_up
+// tensors stack the local slices, so set_stacked_views holds for them with the local sizes.
+struct WeightShard {
+  Slice q_rows, kv_rows, intermediate, vocab;
+  bool o_bias = true;  // LLaMA's o_proj bias, on one rank only: the partial outputs are summed over the group
+};
+
 // Reads every tensor the config calls for, checks its shape, and refuses tensors the model does not use.
-ModelWeights load_model_weights(const WeightStore& store, const ModelConfig& config, Backend& backend);
+// With a shard, every tensor is checked whole first, then only the shard's slices are read.
+ModelWeights load_model_weights(const WeightStore& store, const ModelConfig& config, Backend& backend,
+                                const WeightShard* shard = nullptr);
 
 }  // namespace slearn
