@@ -39,10 +39,9 @@ class LoraAdapter {
   // Reads a PEFT adapter directory; the shapes must fit `config`. Unsupported PEFT options (DoRA, bias
   // training, per-layer rank patterns, fan_in_fan_out, ...) are InputErrors naming the key.
   static LoraAdapter load(const std::filesystem::path& dir, const ModelConfig& config, Backend& backend);
-  // Writes adapter_config.json and adapter_model.safetensors (fp32) atomically into `dir`, from the pairs
-  // (which must be host fp32 tensors), or from `values`: every parameter's values in parameters() order, end
-  // to end (a trainer's fp32 master copy, whatever its backend computes in).
-  void save(const std::filesystem::path& dir, const std::string& base_model_name) const;
+  // Writes adapter_config.json and adapter_model.safetensors (fp32) atomically into `dir` from `values`: every
+  // parameter's values in parameters() order, end to end (a trainer's fp32 master copy, whatever its backend
+  // computes in; the pairs themselves may be a bf16 copy on a device).
   void save(const std::filesystem::path& dir, const std::string& base_model_name, std::span<const float> values) const;
   // Replaces every pair's tensors by `tensors` (parameters() order, same shapes): views of a trainer's
   // flat buffer (src/train/flat_adapter.hpp).
@@ -59,6 +58,7 @@ class LoraAdapter {
   struct Parameter {
     std::string key;
     Tensor* tensor;
+    std::size_t layer;
   };
   std::vector<Parameter> parameters();
   std::size_t parameter_count() const;

@@ -1,4 +1,4 @@
-// HostGradientSum (host_gradient_sum.hpp) and the bucket plan every gradient sum shares.
+// HostGradientSum (host_gradient_sum.hpp).
 //
 // Each micro-batch's gradient is computed alone (its buffer zeroed first) and added into double sums, which
 // the allreduce adds in double too: float sums grouped by rank would round differently for each world size,
@@ -6,7 +6,7 @@
 // the order MPI adds the doubles in, which the final rounding to fp32 almost always hides).
 //
 // The buckets are summed when finish() is called: a host backward has no stream to overlap with, and
-// ready_from only records how far the backward has come.
+// ready_from only checks its argument.
 #include "dist/host_gradient_sum.hpp"
 
 #include <algorithm>
@@ -15,17 +15,6 @@
 #include "slearn/error.hpp"
 
 namespace slearn {
-
-std::vector<std::pair<std::int64_t, std::int64_t>> gradient_buckets(std::int64_t elements,
-                                                                    std::int64_t bucket_elements) {
-  if (elements < 0 || bucket_elements < 1)
-    throw Error("gradient buckets: " + std::to_string(elements) + " elements in buckets of " +
-                std::to_string(bucket_elements));
-  std::vector<std::pair<std::int64_t, std::int64_t>> buckets;
-  for (std::int64_t end = elements; end > 0; end -= bucket_elements)
-    buckets.emplace_back(std::max<std::int64_t>(0, end - bucket_elements), end);
-  return buckets;
-}
 
 namespace {
 

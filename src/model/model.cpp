@@ -17,6 +17,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "model/rope_table.hpp"
@@ -59,26 +60,11 @@ Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
 Model::~Model() = default;
 
-Model Model::load(const std::filesystem::path& dir, Backend& backend) {
-  Model model;
-  model.weights_ = std::make_unique<Weights>();
-  model.workspace_ = std::make_unique<Workspace>();
-  Weights& w = *model.weights_;
-  w.config = load_model_config(dir);
-  w.local = w.config;
-  w.backend = &backend;
-  w.tensors = load_model_weights(WeightStore::open(dir), w.config, backend);
-  w.inverse_frequencies = rope_inverse_frequencies(w.config);
-  return model;
-}
+Model Model::load(const std::filesystem::path& dir, Backend& backend) { return load(dir, backend, TensorParallel{}); }
 
 Model Model::load(const std::filesystem::path& dir, Backend& backend, const TensorParallel& tp) {
-  if (tp.size == 1 && tp.rank == 0) {
-    Model whole = load(dir, backend);
-    whole.weights_->tp = tp;
-    return whole;
-  }
-  if (tp.group == nullptr || tp.size < 1 || tp.group->size() != tp.size || tp.group->rank() != tp.rank)
+  const bool sharded = !(tp.size == 1 && tp.rank == 0);
+  if (sharded && (tp.group == nullptr || tp.size < 1 || tp.group->size() != tp.size || tp.group->rank() != tp.rank))
     throw Error("Model::load: tensor-parallel rank " + std::to_string(tp.rank) + " of " + std::to_string(tp.size) +
                 (tp.group == nullptr ? std::string(" without a group")
                                      : " on a group where it is rank " + std::to_string(tp.group->rank()) + " of " +
@@ -88,23 +74,26 @@ Model Model::load(const std::filesystem::path& dir, Backend& backend, const Tens
   model.workspace_ = std::make_unique<Workspace>();
   Weights& w = *model.weights_;
   w.config = load_model_config(dir);
-  const HeadSharding heads = check_tensor_parallel(w.config, tp.size);
-  const std::int64_t head_dim = w.config.head_dim;
-  WeightShard shard;
-  shard.q_rows = {heads.first_head(tp.rank) * head_dim, heads.heads_per_rank * head_dim};
-  shard.kv_rows = {heads.first_kv_head(tp.rank) * head_dim, heads.kv_heads_per_rank * head_dim};
-  shard.intermediate = even_slice(w.config.intermediate_size, tp.size, tp.rank);
-  shard.vocab = even_slice(w.config.vocab_size, tp.size, tp.rank);
-  // o_proj's bias joins the partial sums once: on rank 0.
-  shard.o_bias = tp.rank == 0;
   w.local = w.config;
-  w.local.num_attention_heads = heads.heads_per_rank;
-  w.local.num_key_value_heads = heads.kv_heads_per_rank;
-  w.local.intermediate_size = shard.intermediate.count;
   w.tp = tp;
-  w.vocab_first = shard.vocab.first;
   w.backend = &backend;
-  w.tensors = load_model_weights(WeightStore::open(dir), w.config, backend, &shard);
+  std::optional<WeightShard> shard;
+  if (sharded) {
+    const HeadSharding heads = check_tensor_parallel(w.config, tp.size);
+    const std::int64_t head_dim = w.config.head_dim;
+    shard.emplace();
+    shard->q_rows = {heads.first_head(tp.rank) * head_dim, heads.heads_per_rank * head_dim};
+    shard->kv_rows = {heads.first_kv_head(tp.rank) * head_dim, heads.kv_heads_per_rank * head_dim};
+    shard->intermediate = even_slice(w.config.intermediate_size, tp.size, tp.rank);
+    shard->vocab = even_slice(w.config.vocab_size, tp.size, tp.rank);
+    // o_proj's bias joins the partial sums once: on rank 0.
+    shard->o_bias = tp.rank == 0;
+    w.local.num_attention_heads = heads.heads_per_rank;
+    w.local.num_key_value_heads = heads.kv_heads_per_rank;
+    w.local.intermediate_size = shard->intermediate.count;
+    w.vocab_first = shard->vocab.first;
+  }
+  w.tensors = load_model_weights(WeightStore::open(dir), w.config, backend, shard ? &*shard : nullptr);
   w.inverse_frequencies = rope_inverse_frequencies(w.config);
   return model;
 }

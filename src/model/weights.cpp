@@ -24,7 +24,7 @@ class Loader {
     return load_rows(name, shape, Slice{0, shape[0]});
   }
 
-  // Rows `rows` of the tensor (all of them: read as a whole). The checking pass checks the whole tensor.
+  // Rows `rows` of the tensor. The checking pass checks the whole tensor.
   Tensor load_rows(const std::string& name, std::vector<std::int64_t> shape, Slice rows) {
     return load_stacked({{name, std::move(shape), rows}}, name);
   }
@@ -49,7 +49,7 @@ class Loader {
     Slice rows;                       // the rows read
   };
   // Row slices of several tensors of one width stacked along their rows into one tensor `stacked_name` (one
-  // upload). A part whose slice is the whole tensor is read as a whole.
+  // upload).
   Tensor load_stacked(const std::vector<Part>& parts, const std::string& stacked_name) {
     std::int64_t rows = 0;
     for (const auto& part : parts) {
@@ -65,10 +65,7 @@ class Loader {
     for (const auto& part : parts) {
       std::int64_t row_size = 1;
       for (std::size_t axis = 1; axis < part.shape.size(); ++axis) row_size *= part.shape[axis];
-      if (part.rows.first == 0 && part.rows.count == part.shape[0])
-        store_.read_f32(part.name, part.shape, at);
-      else
-        store_.read_rows_f32(part.name, part.shape, part.rows.first, part.rows.count, at);
+      store_.read_rows_f32(part.name, part.shape, part.rows.first, part.rows.count, at);
       at += part.rows.count * row_size;
     }
     parameters_ += static_cast<std::size_t>(host.numel());

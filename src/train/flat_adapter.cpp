@@ -9,7 +9,6 @@
 namespace slearn {
 
 FlatLayout::FlatLayout(LoraAdapter& adapter) {
-  const std::string layers_prefix = "base_model.model.model.layers.";
   layer_begin_.assign(adapter.layers() + 1, -1);
   for (const auto& p : adapter.parameters()) {
     FlatSegment segment;
@@ -17,8 +16,7 @@ FlatLayout::FlatLayout(LoraAdapter& adapter) {
     segment.shape = p.tensor->shape();
     segment.offset = elements_;
     segment.count = p.tensor->numel();
-    // The key names the layer: ...layers.<layer>.self_attn.q_proj.lora_A.weight.
-    segment.layer = static_cast<std::size_t>(std::stoul(p.key.substr(layers_prefix.size())));
+    segment.layer = p.layer;
     if (segment.layer >= adapter.layers() ||
         (!segments_.empty() && segment.layer < segments_.back().layer))
       throw Error("flat layout: adapter parameter " + p.key + " is out of layer order");

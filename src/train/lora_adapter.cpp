@@ -95,8 +95,8 @@ std::vector<LoraAdapter::Parameter> LoraAdapter::parameters() {
     for (std::size_t t = 0; t < kLoraTargetCount; ++t)
       if (auto& pair = pairs_[l][t]) {
         const std::string path = lora_module_path(l, static_cast<LoraTarget>(t));
-        out.push_back({path + ".lora_A.weight", &pair->a});
-        out.push_back({path + ".lora_B.weight", &pair->b});
+        out.push_back({path + ".lora_A.weight", &pair->a, l});
+        out.push_back({path + ".lora_B.weight", &pair->b, l});
       }
   return out;
 }
@@ -205,13 +205,6 @@ void LoraAdapter::bind_parameters(std::vector<Tensor> tensors) {
                   parameters[i].key + " " + parameters[i].tensor->shape_string());
     *parameters[i].tensor = std::move(tensors[i]);
   }
-}
-
-void LoraAdapter::save(const std::filesystem::path& dir, const std::string& base_model_name) const {
-  std::vector<float> values;
-  for (const auto& p : const_cast<LoraAdapter*>(this)->parameters())
-    values.insert(values.end(), p.tensor->f32(), p.tensor->f32() + p.tensor->numel());
-  save(dir, base_model_name, values);
 }
 
 void LoraAdapter::save(const std::filesystem::path& dir, const std::string& base_model_name,

@@ -15,6 +15,7 @@
 // - matmul into an fp32 `c` with beta 1, twice (gradients over two micro-batches), in every transpose
 //   combination, and with an empty inner size.
 // Every test skips, visibly, without a GPU.
+#include <bit>
 #include <cstring>
 #include <limits>
 
@@ -34,16 +35,8 @@ std::vector<float> random_f32(std::size_t count, float scale, std::uint32_t seed
   return values;
 }
 
-std::uint32_t bits_of(float x) {
-  std::uint32_t word;
-  std::memcpy(&word, &x, sizeof word);
-  return word;
-}
-float float_of(std::uint32_t word) {
-  float x;
-  std::memcpy(&x, &word, sizeof x);
-  return x;
-}
+std::uint32_t bits_of(float x) { return std::bit_cast<std::uint32_t>(x); }
+float float_of(std::uint32_t word) { return std::bit_cast<float>(word); }
 
 // How many elements differ in their bits (NaN payloads included).
 std::size_t bit_mismatches(const std::vector<float>& a, const std::vector<float>& b) {

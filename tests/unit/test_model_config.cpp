@@ -17,11 +17,14 @@
 #include "slearn/model.hpp"
 #include "slearn/model_config.hpp"
 #include "test_paths.hpp"
+#include "test_helpers.hpp"
 
 namespace {
 
 using namespace slearn;
 namespace fs = std::filesystem;
+
+using slearn::testing::input_error;
 
 // Modelled on Qwen2.5-7B-Instruct's config.json.
 const char* const kQwen2Config = R"({
@@ -105,20 +108,6 @@ std::string with(const std::string& base, const std::string& key, const std::str
 std::string without(const std::string& base, const std::string& key) { return with(base, key, ""); }
 
 ModelConfig parse(const std::string& text) { return parse_model_config(text, "config.json"); }
-
-// Runs `action`, which must throw InputError, and returns the message.
-std::string input_error(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected InputError, got another exception: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected InputError, nothing was thrown";
-  return {};
-}
 
 std::string parse_error(const std::string& text) {
   return input_error([&] { parse(text); });

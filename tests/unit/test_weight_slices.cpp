@@ -21,48 +21,15 @@
 #include "slearn/dtype.hpp"
 #include "slearn/error.hpp"
 #include "slearn/safetensors.hpp"
+#include "test_helpers.hpp"
 
 namespace {
 
 using namespace slearn;
 namespace fs = std::filesystem;
 
-// A fresh directory under the system temp dir, removed with everything in it at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            ("slearn_slices_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + "_" +
-             (test != nullptr ? std::string(test->name()) : std::string("x")));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
-
-// The message of the InputError `action` throws (a test failure when it throws nothing or something else).
-std::string input_error(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected InputError, got another exception: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected InputError, nothing was thrown";
-  return {};
-}
+using slearn::testing::TempDir;
+using slearn::testing::input_error;
 
 #define EXPECT_CONTAINS(text, needle) \
   EXPECT_NE(std::string(text).find(needle), std::string::npos) << "message: " << (text) << "\nlacks: " << (needle)
