@@ -101,7 +101,18 @@ class Backend {
   virtual void scale(Tensor& x, float factor) = 0;
   // Inverted dropout with a counter-based mask: element i of `x` is kept when hash(key, i) >= p, and scaled by
   // 1 / (1 - p). The same key gives the same mask, so recomputation (checkpointing) needs no stored mask.
-  virtual void dropout(const Tensor& x, float p, std::uint64_t key, Tensor& out) = 0;
+  // With mask.columns set, `x` is a column slice [rows, width] of a wider matrix [rows, columns] starting at
+  // mask.first_column, and element (r, c) takes the wider matrix's draw, index r * columns + first_column + c:
+  // a tensor-parallel rank drops exactly the elements the whole-model run drops in its slice.
+  struct DropoutMask {
+    DropoutMask(std::uint64_t mask_key) : key(mask_key) {}  // NOLINT: a plain key is the common case
+    DropoutMask(std::uint64_t mask_key, std::int64_t whole_columns, std::int64_t first)
+        : key(mask_key), columns(whole_columns), first_column(first) {}
+    std::uint64_t key = 0;
+    std::int64_t columns = 0;  // 0: x is the whole matrix
+    std::int64_t first_column = 0;
+  };
+  virtual void dropout(const Tensor& x, float p, const DropoutMask& mask, Tensor& out) = 0;
   virtual void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, float eps, Tensor& dx) = 0;
   virtual void rope_backward(Tensor& grad, std::span<const std::int32_t> positions, const Tensor& cos,
                              const Tensor& sin) = 0;

@@ -26,6 +26,9 @@ struct TrainState {
   std::string rng_state;               // the trainer's RNG (dropout), as text
   std::string config_yaml;             // the run's configuration
   std::string fingerprint;             // of base model + data + the config keys that shape the run
+  // The mesh of the run that wrote it (world = T x D; 1 x 1 for a checkpoint written before tensor
+  // parallelism). The arrays are whole (PEFT shapes) whatever T was, so any T can resume them.
+  std::int64_t tensor_parallel = 1, data_parallel = 1;
 };
 
 // Writes <dir>/step-<step>.h5 atomically, points <dir>/latest at it, and removes all but the newest keep_last.

@@ -65,7 +65,7 @@ class Model {
   // embedding whole. The forward sums the partial outputs of o_proj and down_proj over the group, so every
   // rank of the group must run the same forwards, in the same order, with the same arguments. InputError when
   // the model does not split over tp.size ranks (check_tensor_parallel); Error when `group` is missing or its
-  // rank and size are not tp's. Adapters are refused on a sharded model for now.
+  // rank and size are not tp's. A sharded model takes its rank's share of an adapter (set_adapter).
   static Model load(const std::filesystem::path& dir, Backend& backend, const TensorParallel& tp);
   // A model of `config` with random weights made on the backend itself by Backend::fill_random (uniform,
   // bf16-exact, bit-identical on every backend), for tests and benchmarks at real shapes with no file:
@@ -115,7 +115,9 @@ class Model {
                                KVCache& cache, Logits which);
 
   void set_observer(TensorObserver observer);
-  // Applies `adapter` (or none) in every later forward: y = W x + scaling * B A x on its projections.
+  // Applies `adapter` (or none) in every later forward: y = W x + scaling * B A x on its projections. On a
+  // sharded model, the rank's share of it (AdapterSharding::slice, src/train/adapter_shard.hpp): InputError
+  // when a pair's shapes are not the local projection's.
   void set_adapter(const LoraAdapter* adapter);
   const LoraAdapter* adapter() const;
 

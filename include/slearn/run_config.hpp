@@ -40,6 +40,7 @@ struct RunConfig {
   std::string backend = "auto";
   std::optional<int> threads;
   std::int64_t log_every_seconds = 30; // plain log lines when stdout is not a terminal
+  ParallelSettings parallel;           // tensor parallelism, as in TrainConfig (every stage)
   DatasetSettings data;                // the domain SFT set (data.path required)
   AnswerSettings answer;
   JudgeSettings judge;

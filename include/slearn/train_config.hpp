@@ -59,12 +59,20 @@ struct CheckpointSettings {
   std::int64_t keep_last = 3;
 };
 
+// How the ranks share the model: world = T x D, the T ranks of a tensor group are consecutive and hold one
+// copy of the model between them, a 1/T slice of every layer each (see include/slearn/mesh.hpp). T does not
+// change the trained weights (beyond rounding), so it is not among the settings that shape them.
+struct ParallelSettings {
+  std::int64_t tensor = 1;               // T: ranks per tensor-parallel group; the world size is a multiple
+};
+
 struct TrainConfig {
   std::string model;                     // Hugging Face model directory (required)
   std::string run_dir;                   // outputs: adapter/, checkpoints/, metrics.jsonl (required)
   std::string backend = "auto";
   std::optional<int> threads;
   std::int64_t log_every_steps = 10;
+  ParallelSettings parallel;
   DataSettings data;
   LoraSettings lora;
   OptimizerSettings optimizer;

@@ -67,7 +67,13 @@ std::int64_t training_steps(const TrainSettings& settings, std::int64_t examples
 // Loads the model, tokenizer and data of `config` and trains.
 TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options);
 
-// Trains on prepared examples with a loaded model (the pipeline's entry point).
+// Trains on prepared examples with a loaded model (the pipeline's entry point). `world` is every rank of the
+// job; `data` the data-parallel group the micro-batches are dealt over: the world itself for a whole model,
+// Mesh::data_group for a tensor-parallel one (the tensor group is the model's: Model::tensor_parallel).
+TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExample>& examples,
+                                   const std::string& data_fingerprint, const TrainConfig& config,
+                                   Communicator& world, Communicator& data, const TrainRunOptions& options);
+// The same, for a whole model (data = world).
 TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExample>& examples,
                                    const std::string& data_fingerprint, const TrainConfig& config,
                                    Communicator& comm, const TrainRunOptions& options);

@@ -85,7 +85,13 @@ void swiglu(const SwigluParams& p);
 void add_inplace(float* x, const float* y, std::int64_t count);
 
 // out[i] = x[i] / (1 - p) when uniform(hash(key, i)) >= p, else 0: a mask that needs no storage.
-void dropout(const float* x, float* out, std::int64_t count, float p, std::uint64_t key);
+// Element i of `x` (rows of `width`) draws index (i / width) * columns + first_column + i % width: the whole
+// matrix when columns == width and first_column == 0, else a column slice of a wider one.
+struct DropoutIndex {
+  std::uint64_t key;
+  std::int64_t width, columns, first_column;
+};
+void dropout(const float* x, float* out, std::int64_t count, float p, const DropoutIndex& index);
 // The uniform [0, 1) draw behind dropout's element i.
 float dropout_uniform(std::uint64_t key, std::uint64_t index);
 

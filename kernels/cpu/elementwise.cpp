@@ -87,11 +87,14 @@ float dropout_uniform(std::uint64_t key, std::uint64_t index) {
   return static_cast<float>(z >> 40) * 0x1.0p-24f;
 }
 
-void dropout(const float* x, float* out, std::int64_t count, float p, std::uint64_t key) {
+void dropout(const float* x, float* out, std::int64_t count, float p, const DropoutIndex& index) {
   const float keep_scale = 1.0f / (1.0f - p);
+  const std::int64_t width = index.width > 0 ? index.width : 1;
 #pragma omp parallel for schedule(static) if (count > kParallelThreshold)
-  for (std::int64_t i = 0; i < count; ++i)
-    out[i] = dropout_uniform(key, static_cast<std::uint64_t>(i)) >= p ? x[i] * keep_scale : 0.0f;
+  for (std::int64_t i = 0; i < count; ++i) {
+    const std::int64_t draw = i / width * index.columns + index.first_column + i % width;
+    out[i] = dropout_uniform(index.key, static_cast<std::uint64_t>(draw)) >= p ? x[i] * keep_scale : 0.0f;
+  }
 }
 
 }  // namespace slearn::cpu

@@ -216,9 +216,13 @@ void CudaBackend::matmul(const Tensor& a, bool transpose_a, const Tensor& b, boo
 
 void CudaBackend::scale(Tensor& x, float factor) { cuda::launch_scale({dev(x), x.numel(), factor, stream_}); }
 
-void CudaBackend::dropout(const Tensor& x, float p, std::uint64_t key, Tensor& out) {
+void CudaBackend::dropout(const Tensor& x, float p, const DropoutMask& mask, Tensor& out) {
   expect(out.numel() == x.numel(), out, "dropout output must match its input");
-  cuda::launch_dropout({dev(x), dev(out), x.numel(), p, key, stream_});
+  const std::int64_t width = x.numel() == 0 ? 1 : x.numel() / x.dim(0);
+  expect(mask.columns == 0 || (mask.first_column >= 0 && mask.first_column + width <= mask.columns), x,
+         "dropout: the column slice does not fit the wider matrix");
+  cuda::launch_dropout({dev(x), dev(out), x.numel(), p, mask.key, width, mask.columns == 0 ? width : mask.columns,
+                        mask.first_column, stream_});
 }
 
 void CudaBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, float eps, Tensor& dx) {

@@ -88,7 +88,7 @@ class CudaBackend final : public Backend {
   void matmul(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, float alpha, float beta,
               Tensor& c) override;
   void scale(Tensor& x, float factor) override;
-  void dropout(const Tensor& x, float p, std::uint64_t key, Tensor& out) override;
+  void dropout(const Tensor& x, float p, const DropoutMask& mask, Tensor& out) override;
   void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, float eps, Tensor& dx) override;
   void rope_backward(Tensor& grad, std::span<const std::int32_t> positions, const Tensor& cos,
                      const Tensor& sin) override;

@@ -123,13 +123,16 @@ struct ScaleParams {
 void launch_scale(const ScaleParams& p);
 
 // out[i] = x[i] / (1 - p) when uniform(key, i) >= p, else 0, with the CPU backend's splitmix64 draw
-// (kernels/cpu/elementwise.cpp, dropout_uniform), so both backends drop exactly the same elements.
+// (kernels/cpu/elementwise.cpp, dropout_uniform), so both backends drop exactly the same elements. Element i
+// (rows of `width`) draws index (i / width) * columns + first_column + i % width (a column slice of a wider
+// matrix for a tensor-parallel rank; columns == width, first_column 0 for the whole matrix).
 struct DropoutParams {
   const bf16* x;
   bf16* out;  // may alias x
   std::int64_t count;
   float p;
   std::uint64_t key;
+  std::int64_t width, columns, first_column;
   cudaStream_t stream;
 };
 void launch_dropout(const DropoutParams& p);

@@ -135,7 +135,8 @@ __global__ void dropout_kernel(DropoutParams p) {
   const float keep_scale = 1.0f / (1.0f - p.p);
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < p.count;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const bool keep = dropout_uniform(p.key, static_cast<std::uint64_t>(i)) >= p.p;
+    const std::int64_t draw = i / p.width * p.columns + p.first_column + i % p.width;
+    const bool keep = dropout_uniform(p.key, static_cast<std::uint64_t>(draw)) >= p.p;
     p.out[i] = keep ? to_bf16(to_f32(p.x[i]) * keep_scale) : to_bf16(0.0f);
   }
 }

@@ -12,7 +12,7 @@ Command add_run_command(CLI::App& app) {
   struct Options {
     std::string config;
     std::vector<std::string> overrides;
-    std::string backend;  // --backend X: the same as --set backend=X, after the other --set
+    SettingOptions settings;  // --backend, --tensor-parallel: the same as their --set, after the other --set
     bool force = false;
     bool quiet = false;
     std::optional<std::int64_t> inject_nan_at_step;
@@ -21,8 +21,7 @@ Command add_run_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("run", "The self-learning job: answer, judge, gather, train, evaluate");
   sub->add_option("--config", o->config, "YAML run configuration (see docs/configuration.md)")->required();
   sub->add_option("--set", o->overrides, "Override a key: --set train_on=all (repeatable)");
-  sub->add_option("--backend", o->backend, "cpu, cuda or auto: where every stage computes (as --set backend=...)")
-      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  add_setting_options(*sub, o->settings);
   sub->add_flag("--force", o->force, "Start over in a run_dir made by another configuration, model or data set");
   sub->add_flag("--quiet", o->quiet, "No progress output");
   // A testing aid (docs/stopping.md), left out of --help: makes training step N's gradients non-finite.
@@ -35,7 +34,8 @@ Command add_run_command(CLI::App& app) {
     auto comm = make_mpi_communicator();
     try {
       RunConfig config;
-      check_on_all_ranks(*comm, [&] { config = load_run_config(o->config, with_backend(o->overrides, o->backend)); });
+      check_on_all_ranks(*comm,
+                         [&] { config = load_run_config(o->config, o->settings.appended_to(o->overrides)); });
       PipelineOptions options;
       options.force = o->force;
       options.config_path = o->config;

@@ -3,6 +3,7 @@
 
 #include "cli/commands.hpp"
 #include "slearn/communicator.hpp"
+#include "slearn/input_check.hpp"
 #include "slearn/merge.hpp"
 #include "slearn/stop.hpp"
 #include "slearn/train_config.hpp"
@@ -14,7 +15,7 @@ Command add_train_command(CLI::App& app) {
   struct Options {
     std::string config;
     std::vector<std::string> overrides;
-    std::string backend;  // --backend X: the same as --set backend=X, after the other --set
+    SettingOptions settings;  // --backend, --tensor-parallel: the same as their --set, after the other --set
     bool force = false;
     std::optional<std::int64_t> stop_at_step;
     bool quiet = false;
@@ -24,8 +25,7 @@ Command add_train_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("train", "LoRA fine-tuning on question/answer records (YAML configuration)");
   sub->add_option("--config", o->config, "YAML configuration (see docs/configuration.md)")->required();
   sub->add_option("--set", o->overrides, "Override a key: --set lora.r=16 (repeatable)");
-  sub->add_option("--backend", o->backend, "cpu, cuda or auto: where every stage computes (as --set backend=...)")
-      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  add_setting_options(*sub, o->settings);
   sub->add_flag("--force", o->force, "Start over even if run_dir holds checkpoints of another run");
   sub->add_option("--stop-at-step", o->stop_at_step, "Checkpoint and stop once this many steps are done");
   sub->add_flag("--quiet", o->quiet, "No progress output");
@@ -33,15 +33,27 @@ Command add_train_command(CLI::App& app) {
   sub->add_option("--inject-nan-at-step", o->inject_nan_at_step, "Testing aid: a NaN gradient at this step")
       ->group("");
   return [o]() {
-    install_stop_handlers();
-    const TrainConfig config = load_train_config(o->config, with_backend(o->overrides, o->backend));
-    auto comm = make_single_process_communicator();
+    start_mpi();  // one process, or the ranks of mpirun (parallel.tensor > 1); finalized by main()
+    install_stop_handlers();  // after MPI_Init, so that these handlers are the ones in place
+    auto comm = make_mpi_communicator();
+    TrainConfig config;
+    try {
+      check_on_all_ranks(*comm, [&] { config = load_train_config(o->config, o->settings.appended_to(o->overrides)); });
+    } catch (const ReportedByAnotherRank&) {
+      return 0;  // another rank prints the line and gives the job its exit code (docs/failures.md)
+    }
     TrainRunOptions options;
     options.force = o->force;
     options.stop_at_step = o->stop_at_step;
     options.show_progress = !o->quiet;
     options.inject_nan_at_step = o->inject_nan_at_step;
-    const TrainResult r = train_lora(config, *comm, options);
+    TrainResult r;
+    try {
+      r = train_lora(config, *comm, options);
+    } catch (const ReportedByAnotherRank&) {
+      return 0;
+    }
+    if (comm->rank() != 0) return 0;
     const std::string skipped =
         r.skipped_steps > 0 ? ", " + std::to_string(r.skipped_steps) + " step(s) skipped (non-finite)" : "";
     if (!o->quiet)

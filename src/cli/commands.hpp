@@ -2,7 +2,9 @@
 // runs it; library errors propagate to main(), which prints them as one line.
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,10 +25,26 @@ Command add_train_command(CLI::App& app);
 Command add_merge_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
 
-// The configuration overrides with `--backend X` (when given) as the last one, backend=X.
-inline std::vector<std::string> with_backend(std::vector<std::string> overrides, const std::string& backend) {
-  if (!backend.empty()) overrides.push_back("backend=" + backend);
-  return overrides;
+// The options of train and run that stand for a configuration key. They apply after every --set, so that
+// they win over it. A bad T is the configuration's error, naming parallel.tensor (--backend is checked here).
+struct SettingOptions {
+  std::string backend;                          // --backend X: backend=X
+  std::optional<std::int64_t> tensor_parallel;  // --tensor-parallel T: parallel.tensor=T
+
+  std::vector<std::string> appended_to(std::vector<std::string> overrides) const {
+    if (!backend.empty()) overrides.push_back("backend=" + backend);
+    if (tensor_parallel) overrides.push_back("parallel.tensor=" + std::to_string(*tensor_parallel));
+    return overrides;
+  }
+};
+
+// Registers --backend and --tensor-parallel on `sub`, bound to `options` (which must outlive the parse).
+inline void add_setting_options(CLI::App& sub, SettingOptions& options) {
+  sub.add_option("--backend", options.backend, "cpu, cuda or auto: where every stage computes (as --set backend=...)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  sub.add_option("--tensor-parallel", options.tensor_parallel,
+                 "ranks per tensor-parallel group (as --set parallel.tensor=T); the world size must be a multiple")
+      ->type_name("T");
 }
 
 }  // namespace slearn::cli

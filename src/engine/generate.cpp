@@ -2,6 +2,7 @@
 #include <deque>
 #include <string>
 
+#include "dist/vocab_parallel.hpp"
 #include "slearn/error.hpp"
 #include "slearn/generate.hpp"
 #include "slearn/model.hpp"
@@ -44,6 +45,15 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
     throw InputError("kv_memory_fraction must be in (0, 1]");
   if (options.max_new_tokens <= 0) throw InputError("max_new_tokens must be at least 1");
   check_sampling_options(options.sampling);
+  // A tensor-parallel model: every rank of its group runs this with the same prompts and options, and picks
+  // the same tokens from the same gathered candidates (vocab_parallel_sample: no rank holds a full row), so
+  // the ranks never diverge; every decision that could differ between them (the batch size that fits, a stop
+  // request) is agreed over the group first.
+  const TensorParallel& tp = model.tensor_parallel();
+  if (tp.size > 1 && options.sampling.temperature > 0 && options.sampling.top_k == 0)
+    throw InputError("sampling (temperature " + std::to_string(options.sampling.temperature) +
+                     ") on a tensor-parallel model needs top_k > 0: without it the nucleus needs the whole "
+                     "vocabulary's weights summed in one order, which no rank holds");
   if (!options.stream_ids.empty() && options.stream_ids.size() != prompts.size())
     throw Error("generate: " + std::to_string(options.stream_ids.size()) + " stream ids for " +
                 std::to_string(prompts.size()) + " prompts");
@@ -71,8 +81,13 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
   if (prompts.empty()) return results;
 
   const auto capacity = static_cast<std::int32_t>(std::min(context, longest + options.max_new_tokens));
-  const std::int32_t batch =
+  std::int32_t batch =
       options.batch_size_auto ? model.sequences_that_fit(capacity, longest, options.kv_memory_fraction) : options.batch_size;
+  if (tp.size > 1 && options.batch_size_auto) {  // the smallest rank's choice, on every rank of the group
+    const std::int64_t mine[] = {batch};
+    const std::vector<std::int64_t> all = tp.group->allgather(mine);
+    batch = static_cast<std::int32_t>(*std::min_element(all.begin(), all.end()));
+  }
   const auto slots = static_cast<std::int32_t>(std::min<std::size_t>(static_cast<std::size_t>(batch), prompts.size()));
   KVCache cache = model.make_cache(slots, capacity);
 
@@ -86,8 +101,10 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
   std::vector<TokenId> tokens, chosen;
   std::vector<SequenceChunk> chunks;
   std::vector<std::uint64_t> streams, steps;
+  std::vector<float> local_logits;  // a sharded model's slice of the logits, on the host
   while (next < prompts.size() || !active.empty()) {
-    if (options.should_stop && options.should_stop()) break;
+    const bool stop = options.should_stop && options.should_stop();
+    if (tp.size > 1 ? tp.group->any(stop) : stop) break;
     while (!free_slots.empty() && next < prompts.size()) {
       Active a{next, free_slots.front(), 0, std::vector<TokenId>(inputs[next].begin(), inputs[next].end()),
                options.stream_ids.empty() ? next : options.stream_ids[next]};
@@ -111,7 +128,14 @@ std::vector<GenerationResult> generate(Model& model, const std::vector<std::vect
       steps.push_back(results[a.index].tokens.size());
     }
     chosen.resize(active.size());
-    model.backend().sample(logits, options.sampling, streams, steps, chosen);
+    if (tp.size == 1) {
+      model.backend().sample(logits, options.sampling, streams, steps, chosen);
+    } else {
+      local_logits.resize(static_cast<std::size_t>(logits.numel()));
+      model.backend().to_host(logits, local_logits);
+      const VocabShard shard{model.local_vocab_first(), model.local_vocab_size(), model.config().vocab_size};
+      vocab_parallel_sample(local_logits, shard, options.sampling, streams, steps, chosen, *tp.group);
+    }
 
     std::vector<Active> still_running;
     for (std::size_t r = 0; r < active.size(); ++r) {

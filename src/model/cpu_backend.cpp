@@ -202,9 +202,13 @@ class CpuBackend final : public Backend {
     for (std::int64_t i = 0; i < count; ++i) data[i] *= factor;
   }
 
-  void dropout(const Tensor& x, float p, std::uint64_t key, Tensor& out) override {
+  void dropout(const Tensor& x, float p, const DropoutMask& mask, Tensor& out) override {
     expect(out.numel() == x.numel(), out, "dropout output must match its input");
-    cpu::dropout(x.f32(), out.f32(), x.numel(), p, key);
+    const std::int64_t width = x.numel() == 0 ? 0 : x.numel() / x.dim(0);
+    expect(mask.columns == 0 || (mask.first_column >= 0 && mask.first_column + width <= mask.columns), x,
+           "dropout: the column slice does not fit the wider matrix");
+    cpu::dropout(x.f32(), out.f32(), x.numel(), p,
+                 {mask.key, width, mask.columns == 0 ? width : mask.columns, mask.first_column});
   }
 
   void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, float eps, Tensor& dx) override {

@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 
+#include "model/group_sum.hpp"
 #include "model/rope_table.hpp"
 #include "model/weights.hpp"
 #include "slearn/error.hpp"
@@ -107,12 +108,23 @@ std::int64_t Model::local_vocab_first() const { return weights_->vocab_first; }
 std::int64_t Model::local_vocab_size() const { return weights_->tensors.lm_head.dim(0); }
 void Model::set_observer(TensorObserver observer) { weights_->observer = std::move(observer); }
 void Model::set_adapter(const LoraAdapter* adapter) {
-  if (adapter != nullptr && weights_->tp.size > 1)
-    throw InputError("adapters on a tensor-parallel model are not supported yet (the model is split over " +
-                     std::to_string(weights_->tp.size) + " ranks)");
   if (adapter != nullptr && adapter->layers() != weights_->tensors.layers.size())
     throw InputError("the adapter has " + std::to_string(adapter->layers()) + " layers; the model has " +
                      std::to_string(weights_->tensors.layers.size()));
+  // A sharded model takes its rank's share of an adapter (train/adapter_shard.hpp): the local shapes.
+  for (std::size_t l = 0; adapter != nullptr && l < adapter->layers(); ++l)
+    for (std::size_t t = 0; t < kLoraTargetCount; ++t) {
+      const LoraPair* pair = adapter->find(l, static_cast<LoraTarget>(t));
+      if (pair == nullptr) continue;
+      const auto [out, in] = lora_target_shape(weights_->local, static_cast<LoraTarget>(t));
+      if (pair->a.dim(1) != in || pair->b.dim(0) != out)
+        throw InputError("adapter " + lora_module_path(l, static_cast<LoraTarget>(t)) + " is " + pair->b.shape_string() +
+                         " x " + pair->a.shape_string() + "; this model" +
+                         (weights_->tp.size > 1 ? "'s shard (rank " + std::to_string(weights_->tp.rank) + " of " +
+                                                      std::to_string(weights_->tp.size) + ")"
+                                                : std::string()) +
+                         " needs [" + std::to_string(out) + ", r] x [r, " + std::to_string(in) + "]");
+    }
   weights_->adapter = adapter;
 }
 const LoraAdapter* Model::adapter() const { return weights_->adapter; }
@@ -218,7 +230,8 @@ class StepKey {
   std::uint64_t key_ = 0x51ed270b27a5c3d1ull;
 };
 
-// The sum over the tensor group of a row-parallel projection's partial output, in place.
+}  // namespace
+
 void sum_over_group(Backend& backend, Communicator& group, Tensor& partial, std::vector<float>& staging) {
   const auto count = static_cast<std::size_t>(partial.numel());
   if (partial.device() == Device::CPU && partial.dtype() == DType::F32) {
@@ -230,8 +243,6 @@ void sum_over_group(Backend& backend, Communicator& group, Tensor& partial, std:
   group.allreduce_sum(staging);
   backend.write(partial, staging);
 }
-
-}  // namespace
 
 const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<const SequenceChunk> chunks,
                                     KVCache& cache, Logits which) {

@@ -1,7 +1,7 @@
 // The run configuration: one table binds each YAML key to its RunConfig member (yaml_schema::Field). The
-// training sections come from the table the training configuration uses (train/train_sections.hpp) and the
-// data set keys from one table placed twice (data, eval.data), so a key reads, checks and documents the same
-// wherever it appears.
+// training sections and parallel come from the tables the training configuration uses
+// (train/train_sections.hpp) and the data set keys from one table placed twice (data, eval.data), so a key
+// reads, checks and documents the same wherever it appears.
 #include "slearn/run_config.hpp"
 
 #include <charconv>
@@ -148,6 +148,7 @@ const Fields<RunConfig>& fields() {
         field("log_every_seconds", &D::log_every_seconds, int_at_least(1),
               "a progress line every this many seconds when the output is not a terminal"),
     };
+    yaml_schema::add_section(t, "parallel", &D::parallel, train_sections::parallel_fields());
     yaml_schema::add_section(t, "data", &D::data,
                              dataset_fields("the domain SFT data set (JSONL or a JSON array): the questions "
                                             "answered and the reference answers",
@@ -208,6 +209,7 @@ TrainConfig to_train_config(const RunConfig& config, const std::string& round_di
   out.run_dir = round_dir;
   out.backend = config.backend;
   out.threads = config.threads;
+  out.parallel = config.parallel;
   out.data.path.clear();  // the pipeline hands the selected examples to the trainer directly
   out.data.system_prompt = config.answer.system_prompt;
   out.data.chat_format = config.answer.chat_format;

@@ -4,6 +4,8 @@
 //   /rng_state        scalar fixed-length UTF-8 string dataset (null dataspace when the string is empty)
 //   /config_yaml      likewise
 //   /fingerprint      likewise
+//   /parallel         likewise: "tensor T data D", the mesh that wrote it (absent in files written before
+//                     tensor parallelism: read as tensor 1 data 1)
 //   /adapter/<name>   one float32 dataset per array, dims = shape, int64 attribute `index` = position in the
 //   /adam_m/<name>    list (HDF5 lists links alphabetically, so the order is stored explicitly)
 //   /adam_v/<name>
@@ -23,6 +25,7 @@
 #include <hdf5.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <bit>
 #include <limits>
 #include <mutex>
@@ -365,6 +368,9 @@ void write(const fs::path& path, const TrainState& state) {
   write_string(file.get(), "rng_state", state.rng_state, dcpl.get(), where);
   write_string(file.get(), "config_yaml", state.config_yaml, dcpl.get(), where);
   write_string(file.get(), "fingerprint", state.fingerprint, dcpl.get(), where);
+  write_string(file.get(), "parallel",
+               "tensor " + std::to_string(state.tensor_parallel) + " data " + std::to_string(state.data_parallel),
+               dcpl.get(), where);
   write_arrays(file.get(), "adapter", state.adapter, gcpl.get(), dcpl.get(), where);
   write_arrays(file.get(), "adam_m", state.adam_m, gcpl.get(), dcpl.get(), where);
   write_arrays(file.get(), "adam_v", state.adam_v, gcpl.get(), dcpl.get(), where);
@@ -562,6 +568,17 @@ TrainState read(const fs::path& path) {
   state.rng_state = read_string(file.get(), "rng_state", file_size, where);
   state.config_yaml = read_string(file.get(), "config_yaml", file_size, where);
   state.fingerprint = read_string(file.get(), "fingerprint", file_size, where);
+  const htri_t has_parallel = H5Lexists(file.get(), "parallel", H5P_DEFAULT);
+  check(has_parallel, where, "H5Lexists", "dataset parallel");
+  if (has_parallel > 0) {
+    const std::string mesh = read_string(file.get(), "parallel", file_size, where);
+    long long tensor = 0, data = 0;
+    char tail = 0;
+    if (std::sscanf(mesh.c_str(), "tensor %lld data %lld%c", &tensor, &data, &tail) != 2 || tensor < 1 || data < 1)
+      fail(where, "corrupt checkpoint: dataset parallel is \"" + mesh + "\", not \"tensor T data D\"");
+    state.tensor_parallel = tensor;
+    state.data_parallel = data;
+  }
   state.adapter = read_arrays(file.get(), "adapter", file_size, where);
   state.adam_m = read_arrays(file.get(), "adam_m", file_size, where);
   state.adam_v = read_arrays(file.get(), "adam_v", file_size, where);

@@ -5,13 +5,26 @@
 // Backward of one adapted projection y = x W^T + s (d(x) A^T) B^T, given dy:
 //   dx += dy W                      (the frozen base)
 //   dB += s dy^T t,   u = dy B,   dA += s u^T d(x),   dx += d'(s u A)    (d' = the same dropout mask)
+//
+// On a tensor-parallel model (Model::tensor_parallel) each rank runs this on its shard with the same batch:
+// the layer sizes are the local ones, the row-parallel outputs (o_proj, down_proj) are partial sums added up
+// over the group before the residual (as in Model::forward), the input gradients of the column-parallel
+// projections (q/k/v, gate/up) are partial sums added up over the group before the norm's backward, and the
+// LM head is vocabulary-parallel (vocab_parallel_cross_entropy, whose input gradient is a partial sum too):
+// four allreduces of [tokens, hidden] per layer and one after the head. The adapter is the rank's share
+// (train/adapter_shard.hpp); the formulas above, run on the local tensors, give each split part its exact
+// gradient and each replicated part a partial one, which the trainer sums over the group. Dropout on a
+// row-parallel input (a column slice) draws the whole input's mask at its columns.
 #include "train/lora_graph.hpp"
 
 #include <cmath>
 #include <string>
 
+#include "dist/vocab_parallel.hpp"
+#include "model/group_sum.hpp"
 #include "model/weights.hpp"
 #include "slearn/error.hpp"
+#include "train/adapter_shard.hpp"
 
 namespace slearn {
 
@@ -45,6 +58,72 @@ std::uint64_t projection_key(std::uint64_t key, std::size_t layer, LoraTarget ta
 
 const Tensor* bias_of(const std::optional<Tensor>& t) { return t ? &*t : nullptr; }
 
+// The dropout mask of a projection's input: on a row-parallel projection of a sharded model the input is
+// this rank's column slice of the whole input, and takes the whole input's draws at its columns.
+Backend::DropoutMask input_mask(const Model& model, LoraTarget target, std::uint64_t key) {
+  const TensorParallel& tp = model.tensor_parallel();
+  if (tp.size == 1 || !AdapterSharding::row_parallel(target)) return key;
+  const ModelConfig& whole = model.config();
+  const ModelConfig& local = model.local_config();
+  const bool o = target == LoraTarget::OProj;
+  const std::int64_t columns = o ? whole.num_attention_heads * whole.head_dim : whole.intermediate_size;
+  const std::int64_t width = o ? local.num_attention_heads * local.head_dim : local.intermediate_size;
+  return Backend::DropoutMask(key, columns, width * tp.rank);  // the splits are even (check_tensor_parallel)
+}
+
+// In place: the sum over the tensor group of a partial result (nothing on an unsharded model).
+void sum_partial(Model& model, Tensor& partial, std::vector<float>& staging) {
+  const TensorParallel& tp = model.tensor_parallel();
+  if (tp.size > 1) sum_over_group(model.backend(), *tp.group, partial, staging);
+}
+
+// The vocabulary-parallel cross-entropy of `normed` against the rank's LM-head rows, in row chunks so no rank
+// holds more than a chunk of its slice's logits; `d_normed` receives this rank's partial input gradient.
+BatchLoss sharded_cross_entropy(Model& model, const Tensor& normed, std::span<const std::int32_t> targets,
+                                float grad_scale, Tensor* d_normed) {
+  constexpr std::int64_t kChunkRows = 256;
+  Backend& b = model.backend();
+  const Tensor& head = model.weights().lm_head;
+  const VocabShard shard{model.local_vocab_first(), model.local_vocab_size(), model.config().vocab_size};
+  const std::int64_t n = normed.dim(0);
+  BatchLoss total;
+  std::vector<float> logits_host, grad_host;
+  for (std::int64_t first = 0; first < n; first += kChunkRows) {
+    const std::int64_t rows = std::min(kChunkRows, n - first);
+    const Tensor h = normed.slice_rows(first, rows, "norm.chunk");
+    Tensor logits = b.zeros_f32({rows, shard.count}, "logits.chunk");
+    b.matmul(h, false, head, true, 1.0f, 0.0f, logits);
+    logits_host.resize(static_cast<std::size_t>(rows * shard.count));
+    b.to_host(logits, logits_host);
+    grad_host.assign(d_normed ? logits_host.size() : 0, 0.0f);
+    const BatchLossParallel ce = vocab_parallel_cross_entropy(
+        logits_host, shard, targets.subspan(static_cast<std::size_t>(first), static_cast<std::size_t>(rows)),
+        grad_scale, grad_host, *model.tensor_parallel().group);
+    total.loss_sum += ce.loss_sum;
+    total.counted += ce.counted;
+    if (d_normed == nullptr) continue;
+    Tensor grad = b.zeros({rows, shard.count}, "d_logits.chunk");
+    b.write(grad, grad_host);
+    Tensor d_chunk = d_normed->slice_rows(first, rows, "d_norm.chunk");
+    b.matmul(grad, false, head, false, 1.0f, 0.0f, d_chunk);
+  }
+  return total;
+}
+
+// The loss of the final hidden states and, with d_normed, its input gradient: the backend's fused kernel on
+// a whole model, the vocabulary-parallel one on a sharded model (its partial gradients summed here).
+BatchLoss head_cross_entropy(Model& model, const Tensor& normed, std::span<const std::int32_t> targets,
+                             float grad_scale, Tensor* d_normed, std::vector<float>& staging) {
+  if (model.tensor_parallel().size == 1) {
+    const Backend::CrossEntropyResult ce =
+        model.backend().cross_entropy(normed, model.weights().lm_head, targets, grad_scale, d_normed);
+    return {ce.loss_sum, ce.counted};
+  }
+  const BatchLoss loss = sharded_cross_entropy(model, normed, targets, grad_scale, d_normed);
+  if (d_normed != nullptr) sum_partial(model, *d_normed, staging);
+  return loss;
+}
+
 }  // namespace
 
 LoraTrainingGraph::LoraTrainingGraph(Model& model, LoraAdapter& adapter, bool recompute)
@@ -69,7 +148,7 @@ std::vector<Tensor> LoraTrainingGraph::make_gradients() const {
 
 void LoraTrainingGraph::layer_forward(std::size_t l, const PackedBatch& batch, const Tensor& x_in,
                                       LayerActivations& a, Tensor& x_out, std::uint64_t dropout_key, bool training) {
-  const ModelConfig& c = model_.config();
+  const ModelConfig& c = model_.local_config();  // this rank's heads and intermediate size
   const LayerWeights& w = model_.weights().layers[l];
   Backend& b = model_.backend();
   const std::int64_t n = batch.rows(), hidden = c.hidden_size, inter = c.intermediate_size;
@@ -86,7 +165,7 @@ void LoraTrainingGraph::layer_forward(std::size_t l, const PackedBatch& batch, c
     t = b.zeros({n, adapter_.settings().r}, name + "." + std::string(lora_target_name(target)) + ".lora_t");
     if (dropout > 0.0f) {
       Tensor dropped = b.zeros(in.shape(), "dropout_in");
-      b.dropout(in, dropout, projection_key(dropout_key, l, target), dropped);
+      b.dropout(in, dropout, input_mask(model_, target, projection_key(dropout_key, l, target)), dropped);
       b.matmul(dropped, false, pair->a, true, 1.0f, 0.0f, t);
     } else {
       b.matmul(in, false, pair->a, true, 1.0f, 0.0f, t);
@@ -114,6 +193,7 @@ void LoraTrainingGraph::layer_forward(std::size_t l, const PackedBatch& batch, c
   b.attention_train(a.q, a.k, a.v, batch.seq_starts, 1.0f / std::sqrt(static_cast<float>(dim)), a.attn, a.lse);
   a.x_mid = b.zeros({n, hidden}, name + ".attn_residual");
   project(LoraTarget::OProj, a.attn.reshaped({n, heads * dim}), w.o_proj, bias_of(w.o_bias), a.x_mid);
+  sum_partial(model_, a.x_mid, staging_);
   b.add_inplace(a.x_mid, x_in);
   a.normed2 = b.zeros({n, hidden}, name + ".normed2");
   b.rms_norm(a.x_mid, w.post_attention_norm, eps, a.normed2);
@@ -124,13 +204,14 @@ void LoraTrainingGraph::layer_forward(std::size_t l, const PackedBatch& batch, c
   project(LoraTarget::UpProj, a.normed2, w.up_proj, nullptr, a.up);
   b.swiglu(a.gate, a.up, a.act);
   project(LoraTarget::DownProj, a.act, w.down_proj, nullptr, x_out);
+  sum_partial(model_, x_out, staging_);
   b.add_inplace(x_out, a.x_mid);
 }
 
 void LoraTrainingGraph::layer_backward(std::size_t l, const PackedBatch& batch, const Tensor& x_in,
                                        LayerActivations& a, const Tensor& d_out, Tensor& d_in,
                                        std::uint64_t dropout_key, std::vector<Tensor>& gradients) {
-  const ModelConfig& c = model_.config();
+  const ModelConfig& c = model_.local_config();
   const LayerWeights& w = model_.weights().layers[l];
   Backend& b = model_.backend();
   const std::int64_t n = batch.rows(), hidden = c.hidden_size, inter = c.intermediate_size;
@@ -153,7 +234,7 @@ void LoraTrainingGraph::layer_backward(std::size_t l, const PackedBatch& batch, 
     Tensor u = b.zeros({n, adapter_.settings().r}, "lora_u");
     b.matmul(dy, false, pair.b, false, 1.0f, 0.0f, u);
     if (dropout > 0.0f) {
-      const std::uint64_t key = projection_key(dropout_key, l, target);
+      const Backend::DropoutMask key = input_mask(model_, target, projection_key(dropout_key, l, target));
       Tensor dropped = b.zeros(in.shape(), "dropout_in");
       b.dropout(in, dropout, key, dropped);
       b.matmul(u, true, dropped, false, s, 1.0f, grad_a);
@@ -175,6 +256,7 @@ void LoraTrainingGraph::layer_backward(std::size_t l, const PackedBatch& batch, 
   Tensor d_normed = b.zeros({n, hidden}, "d_normed2");
   project_back(LoraTarget::GateProj, d_gate, a.normed2, w.gate_proj, 0.0f, d_normed);
   project_back(LoraTarget::UpProj, d_up, a.normed2, w.up_proj, 1.0f, d_normed);
+  sum_partial(model_, d_normed, staging_);  // gate and up are column-parallel: each rank's part of dx
   Tensor d_mid = b.zeros({n, hidden}, "d_mid");
   b.rms_norm_backward(a.x_mid, w.post_attention_norm, d_normed, eps, d_mid);
   b.add_inplace(d_mid, d_out);
@@ -193,6 +275,7 @@ void LoraTrainingGraph::layer_backward(std::size_t l, const PackedBatch& batch, 
   project_back(LoraTarget::QProj, dq.reshaped({n, heads * dim}), a.normed1, w.q_proj, 0.0f, d_normed);
   project_back(LoraTarget::KProj, dk.reshaped({n, kv_heads * dim}), a.normed1, w.k_proj, 1.0f, d_normed);
   project_back(LoraTarget::VProj, dv.reshaped({n, kv_heads * dim}), a.normed1, w.v_proj, 1.0f, d_normed);
+  sum_partial(model_, d_normed, staging_);  // q, k and v are column-parallel too
   b.rms_norm_backward(x_in, w.input_norm, d_normed, eps, d_in);
   b.add_inplace(d_in, d_mid);
 }
@@ -226,7 +309,7 @@ BatchLoss LoraTrainingGraph::forward_backward(const PackedBatch& batch, float gr
   Tensor normed = b.zeros({n, hidden}, "norm");
   b.rms_norm(xs[layers], w.final_norm, eps, normed);
   Tensor d_normed = b.zeros({n, hidden}, "d_norm");
-  const Backend::CrossEntropyResult ce = b.cross_entropy(normed, w.lm_head, batch.targets, grad_scale, &d_normed);
+  const BatchLoss ce = head_cross_entropy(model_, normed, batch.targets, grad_scale, &d_normed, staging_);
   activation_bytes_ = kept_bytes + normed.bytes();
 
   Tensor d_x = b.zeros({n, hidden}, "d_x");
@@ -245,7 +328,7 @@ BatchLoss LoraTrainingGraph::forward_backward(const PackedBatch& batch, float gr
 }
 
 std::size_t LoraTrainingGraph::activation_bytes_per_token() const {
-  const ModelConfig& c = model_.config();
+  const ModelConfig& c = model_.local_config();
   const auto element = static_cast<std::int64_t>(dtype_size(model_.weights().embed_tokens.dtype()));
   const std::int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
   std::int64_t lora = 0;
@@ -278,8 +361,7 @@ BatchLoss LoraTrainingGraph::loss(const PackedBatch& batch) {
   }
   Tensor normed = b.zeros({n, c.hidden_size}, "norm");
   b.rms_norm(x, w.final_norm, static_cast<float>(c.rms_norm_eps), normed);
-  const Backend::CrossEntropyResult ce = b.cross_entropy(normed, w.lm_head, batch.targets, 1.0f, nullptr);
-  return {ce.loss_sum, ce.counted};
+  return head_cross_entropy(model_, normed, batch.targets, 1.0f, nullptr, staging_);
 }
 
 }  // namespace slearn

@@ -1,7 +1,7 @@
 // The training configuration: one table binds each YAML key to its TrainConfig member, with its type, the
 // values it accepts and its meaning. Parsing, checking, the defaults shown in the docs and the docs
-// themselves all come from that table (yaml_schema does the generic part). The lora, optimizer, train and
-// checkpoint sections are those of train_sections, shared with the run configuration.
+// themselves all come from that table (yaml_schema does the generic part). The parallel, lora, optimizer,
+// train and checkpoint sections are those of train_sections, shared with the run configuration.
 #include "slearn/train_config.hpp"
 
 #include <cmath>
@@ -66,6 +66,7 @@ const Fields<TrainConfig>& fields() {
         field("log_every_steps", &D::log_every_steps, yaml_schema::int_at_least(1),
               "write a line to metrics.jsonl every this many optimizer steps"),
     };
+    yaml_schema::add_section(t, "parallel", &D::parallel, train_sections::parallel_fields());
     yaml_schema::add_section(t, "data", &D::data, data_fields());
     train_sections::add_training_sections(t);
     return t;

@@ -79,4 +79,17 @@ const Fields<CheckpointSettings>& checkpoint_fields() {
   return table;
 }
 
+// 1024 is far above any node's GPU count; the bound keeps the value an int for the Mesh.
+const Fields<ParallelSettings>& parallel_fields() {
+  using S = ParallelSettings;
+  static const Fields<S> table = {
+      field("tensor", &S::tensor, yaml_schema::int_in_range(1, 1024),
+            "ranks per tensor-parallel group (T), each holding a 1/T slice of every layer; the world size must be "
+            "a multiple of T (world = T x D). num_attention_heads, intermediate_size and vocab_size must divide by "
+            "T, and num_key_value_heads must divide by T or divide T (each kv head is then replicated); see "
+            "docs/operations.md"),
+  };
+  return table;
+}
+
 }  // namespace slearn::train_sections

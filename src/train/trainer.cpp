@@ -20,9 +20,11 @@
 #include "slearn/error.hpp"
 #include "slearn/input_check.hpp"
 #include "slearn/lora.hpp"
+#include "slearn/mesh.hpp"
 #include "slearn/model.hpp"
 #include "slearn/stop.hpp"
 #include "slearn/threads.hpp"
+#include "train/adapter_shard.hpp"
 #include "train/lora_graph.hpp"
 #include "train/flat_adapter.hpp"
 #include "train/optimizer.hpp"
@@ -111,20 +113,21 @@ std::string format_duration(double seconds) {
 // train.micro_batch_size: the number given, or with auto as many examples of the longest length as fit in
 // memory_fraction of the memory this backend has left (weights, adapter state and gradient sum are already
 // allocated), at most a rank's share of the global batch. The micro-batches deal the global batch the same
-// way on every rank, so every rank takes the smallest rank's choice.
+// way on every rank (and the ranks of a tensor group run them together), so every rank of the world takes
+// the smallest rank's choice.
 std::int64_t choose_micro_batch_size(const TrainSettings& tc, const std::vector<TrainingExample>& examples,
-                                     const LoraTrainingGraph& graph, Backend& backend, Communicator& comm,
-                                     bool report) {
+                                     const LoraTrainingGraph& graph, Backend& backend, Communicator& world,
+                                     Communicator& data, bool report) {
   if (tc.micro_batch_size != "auto") return std::stoll(tc.micro_batch_size);  // checked by the schema
   std::size_t longest = 1;
   for (const auto& e : examples) longest = std::max(longest, e.tokens.size());
   const double per_example = static_cast<double>(graph.activation_bytes_per_token()) * static_cast<double>(longest);
   const double free_bytes = static_cast<double>(backend.free_memory_bytes());
-  const std::int64_t share = (tc.global_batch_size + comm.size() - 1) / comm.size();
+  const std::int64_t share = (tc.global_batch_size + data.size() - 1) / data.size();
   const auto fit = static_cast<std::int64_t>(std::floor(tc.memory_fraction * free_bytes / per_example));
   const std::int64_t mine = std::clamp<std::int64_t>(fit, 1, share);
   const std::int64_t mine_values[] = {mine};
-  const std::vector<std::int64_t> all = comm.allgather(mine_values);
+  const std::vector<std::int64_t> all = world.allgather(mine_values);
   const std::int64_t chosen = *std::min_element(all.begin(), all.end());
   if (report)
     std::fprintf(stderr, "slearn_dist train: micro_batch_size auto: %lld (%.1f MiB of activations per example of "
@@ -139,11 +142,30 @@ std::int64_t choose_micro_batch_size(const TrainSettings& tc, const std::vector<
 TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExample>& examples,
                                    const std::string& data_fingerprint, const TrainConfig& config,
                                    Communicator& comm, const TrainRunOptions& options) {
+  return train_lora_on_examples(model, examples, data_fingerprint, config, comm, comm, options);
+}
+
+// Tensor parallelism in the trainer: the ranks of a tensor group run the same micro-batches on their shards
+// of the model and of the adapter (train/adapter_shard.hpp), so they must take every decision together:
+// whether to stop inside a step (agreed over the group per micro-batch), the micro-batch size (the smallest
+// over the world), the norm and the non-finite check (summed over the group). The adapter is made whole on
+// the host (initialised or read, the same on every rank) and sliced, so a sharded run starts from the same
+// values as a whole one; checkpoints and the saved adapter are whole again (gathered on the leader's group).
+TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExample>& examples,
+                                   const std::string& data_fingerprint, const TrainConfig& config,
+                                   Communicator& world, Communicator& comm, const TrainRunOptions& options) {
   if (examples.empty()) throw InputError("no training examples (every record was empty or dropped)");
+  const TensorParallel& tp = model.tensor_parallel();
+  const bool sharded = tp.size > 1;
+  if (world.size() != tp.size * comm.size())
+    throw Error("train: a world of " + std::to_string(world.size()) + " ranks is not " + std::to_string(tp.size) +
+                " (tensor) x " + std::to_string(comm.size()) + " (data)");
   const fs::path run_dir(config.run_dir);
   const fs::path checkpoint_dir = run_dir / "checkpoints";
   const fs::path metrics_path = run_dir / "metrics.jsonl";
-  const bool leader = comm.rank() == 0;
+  const bool leader = world.rank() == 0;
+  // The ranks whose gathers make the whole adapter the leader writes: the leader's tensor group.
+  const bool leader_group = comm.rank() == 0;
   const auto& tc = config.train;
   // The tokenizer shapes the examples, so it counts as part of the model.
   const std::string model_fingerprint =
@@ -155,9 +177,16 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   // The adapter is made in fp32 on the host (initialised or read), then moved onto the model's backend as the
   // trainer's flat state: an fp32 master, the copy the matmuls read, AdamW's moments (train/flat_adapter.hpp).
   const auto host = make_cpu_backend();
-  LoraAdapter adapter = options.initial_adapter.empty()
-                            ? LoraAdapter::initialize(model.config(), config.lora, tc.seed, *host)
-                            : LoraAdapter::load(options.initial_adapter, model.config(), *host);
+  LoraAdapter whole = options.initial_adapter.empty()
+                          ? LoraAdapter::initialize(model.config(), config.lora, tc.seed, *host)
+                          : LoraAdapter::load(options.initial_adapter, model.config(), *host);
+  std::optional<AdapterSharding> sharding;
+  std::unique_ptr<Communicator> kv_group;
+  if (sharded) {
+    sharding.emplace(model.config(), whole, tp.size, tp.rank);
+    kv_group = sharding->make_kv_group(*tp.group);
+  }
+  LoraAdapter adapter = sharded ? sharding->slice(whole, model.local_config()) : std::move(whole);
   AdapterTrainingState state(backend, adapter);
   const FlatLayout& layout = state.layout();
   LoraTrainingGraph graph(model, adapter, tc.gradient_checkpointing);
@@ -165,7 +194,13 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
       backend.make_gradient_sum(comm, layout.elements(), GradientSumOptions{});
   std::vector<Tensor> gradients = layout.views(gradient_sum->gradients(), "grad.");
   const std::int64_t micro =
-      choose_micro_batch_size(tc, examples, graph, backend, comm, leader && options.show_progress);
+      choose_micro_batch_size(tc, examples, graph, backend, world, comm, leader && options.show_progress);
+  // A flat buffer of this rank's layout as whole arrays (PEFT keys and shapes): gathered over the tensor group
+  // when sharded (collective on the group; only the leader's group needs it).
+  auto whole_arrays = [&](const Tensor& flat) {
+    if (!sharded) return state.to_arrays(flat);
+    return sharding->gather_arrays(state.host_values(flat), *tp.group);
+  };
 
   const auto count = static_cast<std::int64_t>(examples.size());
   const std::int64_t epoch_steps = steps_per_epoch(count, tc.global_batch_size);
@@ -177,12 +212,18 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   std::optional<TrainState> restored;
   // Every rank reads the same checkpoint and the leader the metrics: a damaged one is refused once, by all
   // ranks together (one line for the job), never on some ranks only.
-  check_on_all_ranks(comm, [&] {
+  check_on_all_ranks(world, [&] {
     if (!options.force) restored = load_latest_checkpoint(checkpoint_dir, fingerprint);
     if (restored) {
-      state.from_arrays(restored->adapter, state.master(), "adapter");
-      state.from_arrays(restored->adam_m, state.first_moments(), "adam_m");
-      state.from_arrays(restored->adam_v, state.second_moments(), "adam_v");
+      // Whole arrays: each rank of a tensor group takes its share, whatever T wrote them (resharded).
+      auto local = [&](const std::vector<NamedArray>& arrays) { return sharded ? sharding->slice_arrays(arrays) : arrays; };
+      state.from_arrays(local(restored->adapter), state.master(), "adapter");
+      state.from_arrays(local(restored->adam_m), state.first_moments(), "adam_m");
+      state.from_arrays(local(restored->adam_v), state.second_moments(), "adam_v");
+      if (leader && options.show_progress && restored->tensor_parallel != tp.size)
+        std::fprintf(stderr, "slearn_dist train: resuming a checkpoint written at tensor parallelism %lld with %d: "
+                     "the adapter and moments are resharded\n", static_cast<long long>(restored->tensor_parallel),
+                     tp.size);
       state.refresh_compute_copy();
       step = restored->step;
       result.resumed_from = step;
@@ -197,24 +238,29 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
 
   auto save = [&](std::int64_t done) {
     // A checkpoint is what a resumed run trusts: one holding a NaN would poison every run after it. Every rank
-    // holds the same parameters and moments, so every rank checks and all of them stop alike.
+    // of a data group holds the same parameters and moments, and the ranks of a tensor group agree on what
+    // their shards hold, so every rank checks and all of them stop alike.
     for (Tensor* flat : {&state.master(), &state.first_moments(), &state.second_moments()}) {
       const std::int64_t bad = backend.check_flat(*flat, layout.segment_ends()).first_non_finite;
-      if (bad < 0) continue;
+      if (!(sharded ? tp.group->any(bad >= 0) : bad >= 0)) continue;
       mark_failure_agreed();
       if (!leader) throw ReportedByAnotherRank(0, 1);
-      throw Error("training step " + std::to_string(done) + ": " + layout.describe(bad) +
+      throw Error("training step " + std::to_string(done) + ": " +
+                  (bad >= 0 ? layout.describe(bad) : std::string("a parameter on another tensor-parallel rank")) +
                   (flat == &state.master() ? "" : " of AdamW's " + flat->name()) +
                   " is not finite; no checkpoint written, the last good one is kept");
     }
-    if (!leader) return;
+    if (!leader_group) return;
     TrainState checkpoint;
     checkpoint.step = done;
     checkpoint.epoch = done / epoch_steps;
     checkpoint.position = (done % epoch_steps) * tc.global_batch_size;
-    checkpoint.adapter = state.to_arrays(state.master());
-    checkpoint.adam_m = state.to_arrays(state.first_moments());
-    checkpoint.adam_v = state.to_arrays(state.second_moments());
+    checkpoint.adapter = whole_arrays(state.master());
+    checkpoint.adam_m = whole_arrays(state.first_moments());
+    checkpoint.adam_v = whole_arrays(state.second_moments());
+    if (!leader) return;
+    checkpoint.tensor_parallel = tp.size;
+    checkpoint.data_parallel = comm.size();
     checkpoint.rng_state = "counter-based: seed " + std::to_string(tc.seed) + ", step " + std::to_string(done);
     checkpoint.config_yaml = config.source_text;
     checkpoint.fingerprint = fingerprint;
@@ -258,10 +304,11 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
     std::vector<double> loss_sum{0.0};
     const std::int64_t micro_batches = (end - begin + micro - 1) / micro;
     bool interrupted = false;
-    for (std::int64_t j = comm.rank(); j < micro_batches; j += comm.size()) {
+    for (std::int64_t j = comm.rank(); j < micro_batches; j += comm.size()) {  // comm: the data group
       // A stop request ends this rank's share of the step at a micro-batch boundary; the step's partial
       // gradients are dropped (a resumed run redoes the step).
-      if (stop_requested()) {
+      // The ranks of a tensor group run each micro-batch together: they agree first.
+      if (sharded ? tp.group->any(stop_requested()) : stop_requested()) {
         interrupted = true;
         break;
       }
@@ -285,10 +332,10 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
     }
     // The stop check of a step: every rank runs the same steps, so every rank reaches this point the same
     // number of times, and all of them stop after the same step.
-    if (agree_to_stop(comm, interrupted)) {
+    if (agree_to_stop(world, interrupted)) {
       sum.finish();  // buckets some ranks already started must complete on every rank; the sums are dropped
       save_progress();
-      throw_agreed_stop(comm, options.stage,  // its collective also keeps the others until the checkpoint is written
+      throw_agreed_stop(world, options.stage,  // its collective also keeps the others until the checkpoint is written
                         "step " + std::to_string(step) + " of " + std::to_string(total_steps) + " checkpointed");
     }
     sum.finish();
@@ -298,7 +345,15 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
       const float nan = std::numeric_limits<float>::quiet_NaN();
       backend.write(element, std::span<const float>(&nan, 1));
     }
-    comm.allreduce_sum(std::span<double>(loss_sum));
+    comm.allreduce_sum(std::span<double>(loss_sum));  // a tensor group's ranks all hold the group's loss
+    // Sharded: the replicated parts' gradients are partial sums over the tensor group, summed now (on a host
+    // copy), and the norm counts each element of the whole adapter once.
+    std::vector<float> host_gradients;
+    if (sharded) {
+      host_gradients = state.host_values(sum.gradients());
+      sharding->sum_replicated(host_gradients, *tp.group, kv_group.get());
+      backend.write(sum.gradients(), host_gradients);
+    }
 
     // Checked on the summed values, which every rank holds alike: all ranks take the same decision. Only
     // the scalars of the check leave the backend.
@@ -306,6 +361,26 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
     double norm = std::numeric_limits<double>::quiet_NaN();
     if (!std::isfinite(loss_sum[0])) {
       non_finite = std::string("the loss (") + (std::isnan(loss_sum[0]) ? "NaN" : "Inf") + ")";
+    } else if (sharded) {
+      std::int64_t bad = -1;
+      for (std::size_t i = 0; i < host_gradients.size() && bad < 0; ++i)
+        if (!std::isfinite(host_gradients[i])) bad = static_cast<std::int64_t>(i);
+      double parts[2] = {sharding->norm_squares_counted(host_gradients), bad >= 0 ? 1.0 : 0.0};
+      tp.group->allreduce_sum(std::span<double>(parts));
+      if (parts[1] > 0) {
+        if (bad < 0) {
+          non_finite = "a gradient on another tensor-parallel rank";
+        } else {
+          const FlatSegment& segment = layout.segment_of(bad);
+          non_finite = "the gradient of " + segment.key + " (" +
+                       (std::isnan(host_gradients[static_cast<std::size_t>(bad)]) ? "NaN" : "Inf") +
+                       " at element " + std::to_string(bad - segment.offset) + " of tensor-parallel rank " +
+                       std::to_string(tp.rank) + "'s slice)";
+        }
+      } else {
+        norm = std::sqrt(parts[0]);
+        if (!std::isfinite(norm)) non_finite = "the gradient norm (overflow)";
+      }
     } else {
       const Backend::FlatCheck check = backend.check_flat(sum.gradients(), layout.segment_ends());
       if (check.first_non_finite >= 0) {
@@ -323,7 +398,7 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
     const double lr = learning_rate_at(config.optimizer, step, total_steps);
     if (!non_finite.empty() && tc.nan_policy == "stop") {
       save_progress();  // the parameters are still those of the last good step
-      comm.barrier();   // every rank waits for the checkpoint before any exits (mpirun ends the job on an error)
+      world.barrier();  // every rank waits for the checkpoint before any exits (mpirun ends the job on an error)
       // Every rank took this decision on the same summed values: rank 0 reports, the others exit quietly.
       mark_failure_agreed();
       if (!leader) throw ReportedByAnotherRank(0, 1);
@@ -386,8 +461,15 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
   result.tokens_per_second = static_cast<double>(tokens_done) / std::max(result.seconds, 1e-9);
   save_progress();
   result.finished = step >= total_steps;
-  if (result.finished && leader) adapter.save(run_dir / "adapter", config.model, state.host_values(state.master()));
-  comm.barrier();
+  if (result.finished && !sharded && leader)
+    adapter.save(run_dir / "adapter", config.model, state.host_values(state.master()));
+  if (result.finished && sharded && leader_group) {
+    const std::vector<NamedArray> arrays = whole_arrays(state.master());
+    std::vector<float> values;
+    for (const auto& a : arrays) values.insert(values.end(), a.values.begin(), a.values.end());
+    if (leader) whole.save(run_dir / "adapter", config.model, values);  // the whole PEFT adapter
+  }
+  world.barrier();
   return result;
 }
 
@@ -413,29 +495,50 @@ std::unique_ptr<Backend> make_training_backend(std::string_view name) { return m
 
 TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options) {
   apply_thread_plan(plan_threads(config.threads));
-  auto backend = make_training_backend(config.backend);
-  Model model = Model::load(config.model, *backend);
-  const Tokenizer tokenizer = Tokenizer::from_dir(config.model);
-  check_tokenizer_fits_vocab(tokenizer, model.config().vocab_size, fs::path(config.model) / "tokenizer.json");
-  const ChatFormat format = config.data.chat_format == "auto"
-                                ? default_chat_format(model.config().model_type, tokenizer)
-                                : chat_format_from_name(config.data.chat_format);
-  const std::vector<QaRecord> records = load_qa_records(config.data);
+  // Every input is read and checked on every rank before the run directory is touched; under MPI the ranks
+  // agree, so a bad one is one line for the job and no rank waits for the others.
+  std::unique_ptr<Backend> backend;
+  std::optional<Mesh> mesh;
+  std::optional<Model> model;
+  std::optional<Tokenizer> tokenizer;
+  std::vector<QaRecord> records;
   ExampleStats stats;
-  const std::vector<TrainingExample> examples = build_examples(records, tokenizer, format, config.data, stats);
+  std::vector<TrainingExample> examples;
+  check_on_all_ranks(comm, [&] {
+    backend = make_training_backend(config.backend);
+    // world = T x D: the model sharded over each tensor group, the micro-batches dealt over the data groups.
+    mesh.emplace(make_mesh(comm, static_cast<int>(config.parallel.tensor)));
+    model.emplace(Model::load(config.model, *backend,
+                              TensorParallel{mesh->tensor_group.get(), mesh->tensor_rank, mesh->tensor}));
+    tokenizer.emplace(Tokenizer::from_dir(config.model));
+    check_tokenizer_fits_vocab(*tokenizer, model->config().vocab_size, fs::path(config.model) / "tokenizer.json");
+    const ChatFormat format = config.data.chat_format == "auto"
+                                  ? default_chat_format(model->config().model_type, *tokenizer)
+                                  : chat_format_from_name(config.data.chat_format);
+    records = load_qa_records(config.data);
+    examples = build_examples(records, *tokenizer, format, config.data, stats);
+    training_steps(config.train, static_cast<std::int64_t>(examples.size()), config.data.path);
+  });
   if (comm.rank() == 0 && options.show_progress) {
     std::fprintf(stderr, "slearn_dist train: %zu records, %lld examples (%lld truncated, %lld dropped: no answer token left within max_length %lld), %lld tokens, %lld learned\n",
                  records.size(), static_cast<long long>(stats.examples), static_cast<long long>(stats.truncated),
                  static_cast<long long>(stats.dropped_no_answer), static_cast<long long>(config.data.max_length),
                  static_cast<long long>(stats.tokens), static_cast<long long>(stats.learned_tokens));
+    if (mesh->tensor > 1)
+      std::fprintf(stderr, "slearn_dist train: %d ranks = %d (tensor) x %d (data)\n", comm.size(), mesh->tensor,
+                   mesh->data);
   }
-  training_steps(config.train, static_cast<std::int64_t>(examples.size()), config.data.path);
   // The run directory last, once every input passed: a bad input leaves it as it was. Only a directory of ours
   // (it holds train_config.yaml) or a new or empty one is written into; one job at a time (the lock also checks
-  // that run_dir can be a directory at all).
-  refuse_foreign_run_dir(config.run_dir, "train_config.yaml", "training run directory");
-  const RunDirLock lock(config.run_dir);
-  TrainResult result = train_lora_on_examples(model, examples, fingerprint_file(config.data.path), config, comm, options);
+  // that run_dir can be a directory at all), held by rank 0 for all the ranks.
+  std::optional<RunDirLock> lock;
+  check_on_all_ranks(comm, [&] {
+    if (comm.rank() != 0) return;
+    refuse_foreign_run_dir(config.run_dir, "train_config.yaml", "training run directory");
+    lock.emplace(config.run_dir);
+  });
+  TrainResult result = train_lora_on_examples(*model, examples, fingerprint_file(config.data.path), config, comm,
+                                              mesh->tensor == 1 ? comm : *mesh->data_group, options);
   result.examples = stats;
   return result;
 }

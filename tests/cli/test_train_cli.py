@@ -1,4 +1,5 @@
-"""slearn_dist train / merge / generate --adapter on the tiny fixture model, and train's clear errors."""
+"""slearn_dist train / merge / generate --adapter on the tiny fixture model, and train's clear errors (with run's
+--tensor-parallel, which train shares)."""
 import json
 import os
 import shutil
@@ -46,6 +47,18 @@ code, out, err = run(["train", "--config", bad])
 check(code == 2 and "lora_rank" in err and len(err.strip().splitlines()) == 1, f"an unknown key is named ({err.strip()})")
 code, out, err = run(["train", "--config", config, "--set", "lora.r=zero"])
 check(code == 2 and "lora.r" in err, f"a wrong type is named ({err.strip()})")
+# --tensor-parallel T is parallel.tensor=T after the other --set: a bad T is the configuration's error, for train
+# and run alike (run stops while reading its configuration, before any model or run directory is touched).
+for command, command_config in (("train", config), ("run", os.path.join(ROOT, "configs", "demo.yaml"))):
+    code, out, err = run([command, "--help"])
+    check(code == 0 and "--tensor-parallel T" in out and "parallel.tensor=T" in out,
+          f"{command} --help lists --tensor-parallel ({out.strip()[-300:]})")
+    code, out, err = run([command, "--config", command_config, "--set", "parallel.tensor=2", "--tensor-parallel", "0",
+                          "--set", f"run_dir={os.path.join(work, 'tp-' + command)}"])
+    lines = err.strip().splitlines()
+    check(code == 2 and len(lines) == 1 and '"parallel.tensor"' in lines[0] and "got 0" in lines[0],
+          f"{command} --tensor-parallel 0 is refused naming parallel.tensor, over an earlier --set ({err.strip()})")
+    check(not os.path.exists(os.path.join(work, "tp-" + command)), f"{command} --tensor-parallel 0 makes no run_dir")
 code, out, err = run(["train", "--config", os.path.join(work, "missing.yaml")])
 check(code == 2 and "missing.yaml" in err, f"a missing config file is named ({err.strip()})")
 code, out, err = run(["train", "--config", config, "--set", f"run_dir={run_dir}", "--set", "train.epochs=1",

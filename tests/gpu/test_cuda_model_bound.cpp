@@ -102,8 +102,8 @@ class Bf16ActivationsBackend final : public Backend {
     cpu_->scale(x, factor);
     round(x);
   }
-  void dropout(const Tensor& x, float p, std::uint64_t key, Tensor& out) override {
-    cpu_->dropout(x, p, key, out);
+  void dropout(const Tensor& x, float p, const DropoutMask& mask, Tensor& out) override {
+    cpu_->dropout(x, p, mask, out);
     round(out);
   }
   void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, float eps, Tensor& dx) override {

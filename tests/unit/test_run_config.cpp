@@ -4,7 +4,9 @@
 // and the example configurations in configs/.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -26,6 +28,8 @@ run_dir: runs/full
 backend: cpu
 threads: 6
 log_every_seconds: 5
+parallel:
+  tensor: 4
 data:
   path: data/agri.json
   format: alpaca
@@ -138,6 +142,7 @@ void expect_same(const RunConfig& a, const RunConfig& b) {
   EXPECT_EQ(a.backend, b.backend);
   EXPECT_EQ(a.threads, b.threads);
   EXPECT_EQ(a.log_every_seconds, b.log_every_seconds);
+  EXPECT_EQ(a.parallel.tensor, b.parallel.tensor);
   expect_same_dataset(a.data, b.data);
   EXPECT_EQ(a.answer.max_new_tokens, b.answer.max_new_tokens);
   EXPECT_EQ(a.answer.temperature, b.answer.temperature);
@@ -198,6 +203,7 @@ TEST(RunConfig, MinimalFileTakesTheDefaults) {
   EXPECT_EQ(config.backend, "auto");
   EXPECT_FALSE(config.threads.has_value());
   EXPECT_EQ(config.log_every_seconds, 30);
+  EXPECT_EQ(config.parallel.tensor, 1);
   EXPECT_EQ(config.data.format, "auto");
   EXPECT_EQ(config.data.on_bad_record, "error");
   EXPECT_EQ(config.data.max_records, -1);
@@ -234,6 +240,7 @@ TEST(RunConfig, ReadsEveryKeyOfEverySection) {
   EXPECT_EQ(c.backend, "cpu");
   EXPECT_EQ(c.threads, 6);
   EXPECT_EQ(c.log_every_seconds, 5);
+  EXPECT_EQ(c.parallel.tensor, 4);
 
   EXPECT_EQ(c.data.path, "data/agri.json");
   EXPECT_EQ(c.data.format, "alpaca");
@@ -317,7 +324,7 @@ TEST(RunConfig, UnknownKeysNameTheKeyLineAndKnownKeys) {
             "run.yaml: unknown key \"eval.befor\" (line 6); known keys in eval: before, after, data");
   EXPECT_EQ(parse_error("model: m\nepochs: 3\n"),
             "run.yaml: unknown key \"epochs\" (line 2); known top-level keys: model, run_dir, backend, threads, "
-            "log_every_seconds, data, answer, judge, train_on, rounds, lora, optimizer, train, checkpoint, "
+            "log_every_seconds, parallel, data, answer, judge, train_on, rounds, lora, optimizer, train, checkpoint, "
             "max_length, train_on_prompt, eval");
   EXPECT_EQ(parse_error(kMinimal + "judge:\n  kind: self\n  temperature: 0\n"),
             "run.yaml: unknown key \"judge.temperature\" (line 7); known keys in judge: kind, rule, "
@@ -325,6 +332,10 @@ TEST(RunConfig, UnknownKeysNameTheKeyLineAndKnownKeys) {
   EXPECT_EQ(parse_error(kMinimal + "answer:\n  max_tokens: 9\n"),
             "run.yaml: unknown key \"answer.max_tokens\" (line 6); known keys in answer: max_new_tokens, "
             "temperature, top_p, top_k, seed, batch_size, kv_memory_fraction, system_prompt, chat_format, long_prompt");
+  EXPECT_EQ(parse_error(kMinimal + "parallel:\n  tensr: 2\n"),
+            "run.yaml: unknown key \"parallel.tensr\" (line 6); known keys in parallel: tensor");
+  EXPECT_EQ(parse_error(kMinimal, {"parallel.tensr=2"}),
+            "run.yaml: unknown key \"parallel.tensr\" (--set parallel.tensr=2); known keys in parallel: tensor");
   EXPECT_EQ(parse_error(kMinimal + "lora:\n  rank: 4\n"),
             "run.yaml: unknown key \"lora.rank\" (line 6); known keys in lora: r, alpha, dropout, use_rslora, "
             "target_modules");
@@ -339,6 +350,10 @@ TEST(RunConfig, UnknownKeysNameTheKeyLineAndKnownKeys) {
 
 TEST(RunConfig, WrongTypesNameTheKeyLineAndValue) {
   EXPECT_EQ(parse_error(kMinimal + "rounds: two\n"), "run.yaml: key \"rounds\" (line 5) must be an integer, got \"two\"");
+  EXPECT_EQ(parse_error(kMinimal + "parallel: {tensor: two}\n"),
+            "run.yaml: key \"parallel.tensor\" (line 5) must be an integer, got \"two\"");
+  EXPECT_EQ(parse_error(kMinimal + "parallel: {tensor: \"2\"}\n"),
+            "run.yaml: key \"parallel.tensor\" (line 5) must be an integer, got \"2\" (quoted, so a string)");
   EXPECT_EQ(parse_error(kMinimal + "train_on_prompt: maybe\n"),
             "run.yaml: key \"train_on_prompt\" (line 5) must be true or false, got \"maybe\"");
   EXPECT_EQ(parse_error(kMinimal + "answer:\n  temperature: hot\n"),
@@ -414,6 +429,9 @@ TEST(RunConfig, ValuesOutOfRange) {
       {"log_every_seconds=0", "\"log_every_seconds\" (--set log_every_seconds=0) must be >= 1, got 0"},
       {"backend=tpu", "\"backend\" (--set backend=tpu) must be one of auto, cpu, cuda, got \"tpu\""},
       {"threads=0", "\"threads\" (--set threads=0) must be between 1 and 2147483647, got 0"},
+      {"parallel.tensor=0", "\"parallel.tensor\" (--set parallel.tensor=0) must be between 1 and 1024, got 0"},
+      {"parallel.tensor=-1", "\"parallel.tensor\" (--set parallel.tensor=-1) must be between 1 and 1024, got -1"},
+      {"parallel.tensor=1025", "\"parallel.tensor\" (--set parallel.tensor=1025) must be between 1 and 1024, got 1025"},
       {"data.format=csv", "\"data.format\" (--set data.format=csv) must be one of auto, qa, alpaca, sharegpt, got "
                           "\"csv\""},
       {"data.on_bad_record=warn", "\"data.on_bad_record\" (--set data.on_bad_record=warn) must be one of error, "
@@ -461,7 +479,7 @@ TEST(RunConfig, ValuesOutOfRange) {
                                    {"answer.top_p=1", "answer.top_k=0", "answer.temperature=0", "answer.seed=0",
                                     "answer.batch_size=2147483647", "judge.numeric_tolerance=0", "rounds=1",
                                     "max_length=2", "data.max_records=1", "eval.data.max_records=-1",
-                                    "log_every_seconds=1"}));
+                                    "log_every_seconds=1", "parallel.tensor=1024"}));
 }
 
 TEST(RunConfig, MissingRequiredAndEmptyKeys) {
@@ -505,7 +523,7 @@ TEST(RunConfig, OverridesReachEverySection) {
        "judge.kind=rule", "judge.rule=choice", "answer.temperature=0.7", "answer.system_prompt=You are a vet: be brief.",
        "lora.r=8", "lora.target_modules=[q_proj,v_proj]", "train.epochs=1", "optimizer.learning_rate=1e-5",
        "checkpoint.every_steps=10", "max_length=256", "train_on_prompt=true", "train_on=all", "threads=3",
-       "data.path=other.jsonl", "data.max_records=10"});
+       "data.path=other.jsonl", "data.max_records=10", "parallel.tensor=2"});
   EXPECT_EQ(c.rounds, 2);  // the file's invalid 0 is replaced before the checks
   EXPECT_EQ(c.eval.data.path, "data/test.jsonl");
   EXPECT_EQ(c.eval.data.format, "qa");
@@ -526,6 +544,11 @@ TEST(RunConfig, OverridesReachEverySection) {
   EXPECT_EQ(c.threads, 3);
   EXPECT_EQ(c.data.path, "other.jsonl");
   EXPECT_EQ(c.data.max_records, 10);
+  EXPECT_EQ(c.parallel.tensor, 2);
+  // The file's section, replaced by a later override (as --tensor-parallel does, after the other --set).
+  EXPECT_EQ(parse_run_config(kMinimal + "parallel: {tensor: 4}\n", "run.yaml", {"parallel.tensor=8", "parallel.tensor=2"})
+                .parallel.tensor,
+            2);
   // An override can give a required key and fill a nested section that the file leaves empty.
   const RunConfig d = parse_run_config("model: m\nrun_dir: r\neval:\n", "run.yaml", {"data.path=x", "eval.data.path=y"});
   EXPECT_EQ(d.data.path, "x");
@@ -565,6 +588,7 @@ TEST(RunConfig, ToTrainConfig) {
   EXPECT_EQ(t.run_dir, "runs/full/round-2");
   EXPECT_EQ(t.backend, "cpu");
   EXPECT_EQ(t.threads, 6);
+  EXPECT_EQ(t.parallel.tensor, 4);  // every stage of a run, training too, splits the model alike
   EXPECT_EQ(t.data.path, "");  // the pipeline passes the selected examples directly
   EXPECT_EQ(t.data.system_prompt, "You are an agronomist.");
   EXPECT_EQ(t.data.chat_format, "chatml");
@@ -591,6 +615,7 @@ TEST(RunConfig, ToTrainConfig) {
   // Defaults carry over as defaults.
   const TrainConfig d = to_train_config(parse_run_config(kMinimal, "run.yaml"), "r/round-1");
   EXPECT_FALSE(d.threads.has_value());
+  EXPECT_EQ(d.parallel.tensor, 1);
   EXPECT_EQ(d.data.system_prompt, "");
   EXPECT_EQ(d.data.chat_format, "auto");
   EXPECT_EQ(d.data.max_length, 512);
@@ -610,13 +635,13 @@ std::vector<std::string> rows_under(const std::string& reference, const std::str
   return rows;
 }
 
-// lora, optimizer, train and checkpoint come from one table (train_sections) in both configurations, so their
+// parallel, lora, optimizer, train and checkpoint come from one table (train_sections) in both configurations, so their
 // keys, types, rules, meanings and messages agree by construction. Their defaults are each configuration's
 // own members (RunConfig::lora, TrainConfig::lora, ...): both references list the sections, row for row.
 TEST(RunConfig, TrainingSectionsHaveTheTrainingDefaults) {
   const std::string run = run_config_reference();
   const std::string train = train_config_reference();
-  for (const char* section : {"lora.", "optimizer.", "train.", "checkpoint."}) {
+  for (const char* section : {"parallel.", "lora.", "optimizer.", "train.", "checkpoint."}) {
     const auto rows = rows_under(run, section);
     EXPECT_FALSE(rows.empty()) << section;
     EXPECT_EQ(rows, rows_under(train, section)) << section;
@@ -650,7 +675,7 @@ TEST(RunConfig, ReferenceListsEveryKey) {
   for (const char* key : {"`model`", "`data.path`", "`data.conversations_field`", "`answer.long_prompt`",
                           "`judge.template_zh`", "`train_on`", "`rounds`", "`lora.target_modules`",
                           "`checkpoint.keep_last`", "`max_length`", "`eval.before`", "`eval.data.path`",
-                          "`eval.data.max_records`"})
+                          "`eval.data.max_records`", "`parallel.tensor`"})
     EXPECT_NE(reference.find(key), std::string::npos) << key;
   EXPECT_NE(reference.find("| `model` | string | required |"), std::string::npos) << reference;
   EXPECT_NE(reference.find("| `data.path` | string | required |"), std::string::npos) << reference;
@@ -678,9 +703,10 @@ TEST(RunConfig, ExampleConfigsLoad) {
   struct Example {
     const char* file;
     bool gradient_checkpointing;
+    std::int64_t tensor;  // 32B: four ranks share one copy of the weights (docs/operations.md)
   };
-  for (const Example& example : {Example{"qwen1.5-7b-chat.yaml", false}, Example{"qwen1.5-14b-chat.yaml", true},
-                                 Example{"qwen1.5-32b-chat.yaml", true}, Example{"qwen2.5-7b-instruct.yaml", false}}) {
+  for (const Example& example : {Example{"qwen1.5-7b-chat.yaml", false, 1}, Example{"qwen1.5-14b-chat.yaml", true, 1},
+                                 Example{"qwen1.5-32b-chat.yaml", true, 4}, Example{"qwen2.5-7b-instruct.yaml", false, 1}}) {
     SCOPED_TRACE(example.file);
     RunConfig c;
     ASSERT_NO_THROW(c = load_run_config(testing::source_dir() / "configs" / example.file));
@@ -697,7 +723,26 @@ TEST(RunConfig, ExampleConfigsLoad) {
     EXPECT_EQ(c.judge.kind, "self");
     EXPECT_EQ(c.train_on, "incorrect");
     EXPECT_EQ(c.train.gradient_checkpointing, example.gradient_checkpointing);
+    EXPECT_EQ(c.parallel.tensor, example.tensor);
   }
+}
+
+// Every configuration in configs/ loads: train-*.yaml as training configurations, the others as run ones.
+TEST(RunConfig, EveryShippedConfigurationLoads) {
+  int train = 0, run = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(testing::source_dir() / "configs")) {
+    if (entry.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(entry.path().string());
+    if (entry.path().filename().string().rfind("train-", 0) == 0) {
+      EXPECT_NO_THROW(load_train_config(entry.path()));
+      ++train;
+    } else {
+      EXPECT_NO_THROW(load_run_config(entry.path()));
+      ++run;
+    }
+  }
+  EXPECT_GE(train, 2);
+  EXPECT_GE(run, 5);
 }
 
 TEST(RunConfig, LoadsFiles) {

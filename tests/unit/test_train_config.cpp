@@ -25,6 +25,8 @@ run_dir: runs/full
 backend: cpu
 threads: 8
 log_every_steps: 5
+parallel:
+  tensor: 2
 data:
   path: data/qa.jsonl
   question_field: q
@@ -83,6 +85,7 @@ void expect_same(const TrainConfig& a, const TrainConfig& b) {
   EXPECT_EQ(a.backend, b.backend);
   EXPECT_EQ(a.threads, b.threads);
   EXPECT_EQ(a.log_every_steps, b.log_every_steps);
+  EXPECT_EQ(a.parallel.tensor, b.parallel.tensor);
   EXPECT_EQ(a.data.path, b.data.path);
   EXPECT_EQ(a.data.question_field, b.data.question_field);
   EXPECT_EQ(a.data.answer_field, b.data.answer_field);
@@ -127,6 +130,7 @@ TEST(TrainConfig, MinimalFileTakesTheDefaults) {
   EXPECT_EQ(config.optimizer.learning_rate, 3e-4);
   EXPECT_EQ(config.train.seed, 42u);
   EXPECT_FALSE(config.threads.has_value());
+  EXPECT_EQ(config.parallel.tensor, 1);  // the whole model on every rank
 }
 
 TEST(TrainConfig, ReadsEveryKey) {
@@ -136,6 +140,7 @@ TEST(TrainConfig, ReadsEveryKey) {
   EXPECT_EQ(c.backend, "cpu");
   EXPECT_EQ(c.threads, 8);
   EXPECT_EQ(c.log_every_steps, 5);
+  EXPECT_EQ(c.parallel.tensor, 2);
   EXPECT_EQ(c.data.path, "data/qa.jsonl");
   EXPECT_EQ(c.data.question_field, "q");
   EXPECT_EQ(c.data.answer_field, "a");
@@ -178,13 +183,47 @@ TEST(TrainConfig, LoraScaling) {
   EXPECT_DOUBLE_EQ(LoraSettings{}.scaling(), 0.25);
 }
 
+// parallel.tensor: an integer from 1 to 1024 (the world size and the model's shape are checked where the ranks
+// and the model are known, not here).
+TEST(TrainConfig, ParallelSection) {
+  EXPECT_EQ(parse_train_config(kMinimal + "parallel: {tensor: 4}\n", "run.yaml").parallel.tensor, 4);
+  EXPECT_EQ(parse_train_config(kMinimal + "parallel:\n  tensor: 1024\n", "run.yaml").parallel.tensor, 1024);
+  EXPECT_EQ(parse_train_config(kMinimal + "parallel:\n", "run.yaml").parallel.tensor, 1);  // an empty section
+  EXPECT_EQ(parse_error(kMinimal + "parallel: {tensor: 0}\n"),
+            "run.yaml: key \"parallel.tensor\" (line 5) must be between 1 and 1024, got 0");
+  EXPECT_EQ(parse_error(kMinimal + "parallel:\n  tensor: -1\n"),
+            "run.yaml: key \"parallel.tensor\" (line 6) must be between 1 and 1024, got -1");
+  EXPECT_EQ(parse_error(kMinimal + "parallel:\n  tensor: 1025\n"),
+            "run.yaml: key \"parallel.tensor\" (line 6) must be between 1 and 1024, got 1025");
+  EXPECT_EQ(parse_error(kMinimal + "parallel:\n  tensor: two\n"),
+            "run.yaml: key \"parallel.tensor\" (line 6) must be an integer, got \"two\"");
+  EXPECT_EQ(parse_error(kMinimal + "parallel:\n  tensor: 2.5\n"),
+            "run.yaml: key \"parallel.tensor\" (line 6) must be an integer, got \"2.5\"");
+  EXPECT_EQ(parse_error(kMinimal + "parallel:\n  tensr: 2\n"),
+            "run.yaml: unknown key \"parallel.tensr\" (line 6); known keys in parallel: tensor");
+  EXPECT_EQ(parse_error(kMinimal + "parallel: 4\n"),
+            "run.yaml: key \"parallel\" (line 5) must be a section (a mapping of keys), got \"4\"; known keys in "
+            "parallel: tensor");
+  // --set (and so --tensor-parallel, which is parallel.tensor=T after the other --set) replaces the file's value.
+  EXPECT_EQ(parse_train_config(kMinimal + "parallel: {tensor: 4}\n", "run.yaml", {"parallel.tensor=2"}).parallel.tensor,
+            2);
+  EXPECT_EQ(parse_train_config(kMinimal, "run.yaml", {"parallel.tensor=8", "parallel.tensor=2"}).parallel.tensor, 2);
+  EXPECT_EQ(parse_error(kMinimal, {"parallel.tensor=0"}),
+            "run.yaml: key \"parallel.tensor\" (--set parallel.tensor=0) must be between 1 and 1024, got 0");
+  EXPECT_EQ(parse_error(kMinimal, {"parallel.tensr=2"}),
+            "run.yaml: unknown key \"parallel.tensr\" (--set parallel.tensr=2); known keys in parallel: tensor");
+  // The effective YAML keeps it, so a checkpoint's copy of the configuration reads back the same T.
+  const TrainConfig c = parse_train_config(kMinimal, "run.yaml", {"parallel.tensor=4"});
+  EXPECT_EQ(parse_train_config(c.source_text, "checkpoint").parallel.tensor, 4);
+}
+
 TEST(TrainConfig, UnknownKeysNameTheKeyLineAndKnownKeys) {
   EXPECT_EQ(parse_error(kMinimal + "lora:\n  alpha: 8\n  rank: 4\n"),
             "run.yaml: unknown key \"lora.rank\" (line 7); known keys in lora: r, alpha, dropout, use_rslora, "
             "target_modules");
   EXPECT_EQ(parse_error("model: m\nepoch: 3\n"),
             "run.yaml: unknown key \"epoch\" (line 2); known top-level keys: model, run_dir, backend, threads, "
-            "log_every_steps, data, lora, optimizer, train, checkpoint");
+            "log_every_steps, parallel, data, lora, optimizer, train, checkpoint");
   EXPECT_EQ(parse_error(kMinimal + "train:\n  epochs: 2\n  batch: {size: 3}\n"),
             "run.yaml: unknown key \"train.batch\" (line 7); known keys in train: epochs, global_batch_size, "
             "micro_batch_size, memory_fraction, gradient_checkpointing, seed, max_steps, nan_policy");
@@ -361,7 +400,7 @@ TEST(TrainConfig, BadOverridesNameTheOverride) {
             "use_rslora, target_modules");
   EXPECT_EQ(parse_error(kMinimal, {"lorra.r=16"}),
             "run.yaml: unknown key \"lorra\" (--set lorra.r=16); known top-level keys: model, run_dir, backend, "
-            "threads, log_every_steps, data, lora, optimizer, train, checkpoint");
+            "threads, log_every_steps, parallel, data, lora, optimizer, train, checkpoint");
   EXPECT_EQ(parse_error(kMinimal, {"lora.r"}), "run.yaml: --set \"lora.r\" must be KEY=VALUE, such as lora.r=16");
   EXPECT_EQ(parse_error(kMinimal, {"=3"}), "run.yaml: --set \"=3\" must be KEY=VALUE, such as lora.r=16");
   EXPECT_EQ(parse_error(kMinimal, {"lora=16"}),
@@ -447,12 +486,13 @@ TEST(TrainConfig, ReferenceInDocsIsCurrent) {
 TEST(TrainConfig, ReferenceListsEveryKey) {
   const std::string reference = train_config_reference();
   for (const char* key : {"`model`", "`data.path`", "`lora.target_modules`", "`optimizer.adam_epsilon`",
-                          "`train.max_steps`", "`checkpoint.keep_last`"})
+                          "`train.max_steps`", "`checkpoint.keep_last`", "`parallel.tensor`"})
     EXPECT_NE(reference.find(key), std::string::npos) << key;
   EXPECT_NE(reference.find("| `lora.r` | int | `64` | >= 1 | rank of the LoRA matrices |"), std::string::npos)
       << reference;
   EXPECT_NE(reference.find("| `optimizer.adam_epsilon` | float | `1e-8` |"), std::string::npos) << reference;
   EXPECT_NE(reference.find("| `model` | string | required |"), std::string::npos) << reference;
+  EXPECT_NE(reference.find("| `parallel.tensor` | int | `1` | 1 to 1024 |"), std::string::npos) << reference;
 }
 
 // The example configuration in docs/configuration.md is valid.
