@@ -32,6 +32,7 @@ struct PipelineSummary {
   std::int64_t skipped_steps = 0;  // training steps skipped for non-finite values (nan_policy skip_step), all rounds
   double incorrect_rate = 0;
   int world_size = 1;
+  int tensor_parallel = 1;  // T of the T x D mesh (parallel.tensor)
   std::string backend = "cpu";  // what every stage ran on: device-hours are GPU-hours on cuda, rank-hours on cpu
   std::vector<StageTime> stages;
   std::optional<double> accuracy_before, accuracy_after;

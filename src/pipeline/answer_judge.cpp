@@ -4,6 +4,7 @@
 #include <fstream>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -80,12 +81,28 @@ GenerationOptions generation_options(const AnswerSettings& a, const Tokenizer& t
 // A rank that saw the signal leaves a marker file in the stage directory; the others look for it (at most
 // twice a second) and stop too, so a signal that reached one rank only does not wait for the others to
 // finish their share.
+//
+// The ranks of a tensor group work on the same records in lockstep (each generation step is collective
+// over the group), so there the decision is agreed over the group each time it is asked: all of its ranks
+// ask at the same points and stop at the same one.
 class StageStop {
  public:
-  explicit StageStop(fs::path marker) : marker_(std::move(marker)) {}
+  StageStop(fs::path marker, Communicator* tensor_group) : marker_(std::move(marker)), group_(tensor_group) {}
 
   // Whether to stop now; once true, stays true.
   bool operator()() {
+    if (group_ != nullptr) {
+      if (stopped_) return true;
+      stopped_ = group_->any(look());
+      return stopped_;
+    }
+    return look();
+  }
+  bool stopped() const { return stopped_; }
+
+ private:
+  // This rank's own view: a signal, or another rank's marker.
+  bool look() {
     if (stopped_) return true;
     if (stop_requested()) {
       stopped_ = true;
@@ -99,10 +116,9 @@ class StageStop {
     }
     return stopped_;
   }
-  bool stopped() const { return stopped_; }
 
- private:
   fs::path marker_;
+  Communicator* group_;
   bool stopped_ = false;
   Clock::time_point last_look_ = Clock::now();
 };
@@ -145,14 +161,18 @@ void generate_indices(Model& model, const std::vector<std::vector<TokenId>>& pro
 
 }  // namespace
 
-PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& model, const Tokenizer& tokenizer,
-                            ChatFormat format, const Judge& judge, const std::vector<DatasetRecord>& records,
-                            const fs::path& dir, const std::string& label, bool show_progress) {
+PassResult answer_and_judge(const RunConfig& config, Communicator& comm, const Mesh& mesh, Model& model,
+                            const Tokenizer& tokenizer, ChatFormat format, const Judge& judge,
+                            const std::vector<DatasetRecord>& records, const fs::path& dir, const std::string& label,
+                            bool show_progress) {
   PassResult result;
-  const int rank = comm.rank();
+  // The records are shared among the data-parallel groups; a tensor group's first rank writes and counts.
+  const int rank = mesh.data_rank;
+  const bool writer_rank = mesh.tensor_rank == 0;
+  Communicator& data_group = mesh.tensor == 1 ? comm : *mesh.data_group;
   const bool progress_on = show_progress;
   fs::create_directories(dir);
-  StageStop stop(dir / kStopMarker);
+  StageStop stop(dir / kStopMarker, mesh.tensor > 1 ? mesh.tensor_group.get() : nullptr);
 
   auto stage_name = [&](const char* stage) { return label.empty() ? std::string(stage) : label + " " + stage; };
   // ---- answer ----
@@ -164,20 +184,23 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
     prompts.push_back(chat_prompt(tokenizer, format, config.answer.system_prompt, r.question));
     lengths.push_back(static_cast<std::int64_t>(prompts.back().size()));
   }
-  const std::vector<int> owner = assign_by_prompt_length(lengths, comm.size());
+  const std::vector<int> owner = assign_by_prompt_length(lengths, mesh.data);
   {
     const TraceRange trace(stage_name("answer"));
     const auto done = read_stage_shards(dir, "answers");
     std::vector<std::size_t> todo;
     for (std::size_t i = 0; i < records.size(); ++i)
       if (owner[i] == rank && !done.count(records[i].id)) todo.push_back(i);
-    ShardWriter writer(dir, "answers", rank);
-    StageProgress progress(dir, stage_name("answer"), static_cast<std::int64_t>(records.size() - done.size()), comm,
-                           static_cast<double>(config.log_every_seconds), progress_on);
+    // A tensor group's ranks must see the same records done: all have read them before the first writes.
+    if (mesh.tensor > 1) mesh.tensor_group->barrier();
+    std::optional<ShardWriter> writer;
+    if (writer_rank) writer.emplace(dir, "answers", rank);
+    StageProgress progress(dir, stage_name("answer"), static_cast<std::int64_t>(records.size() - done.size()),
+                           data_group, static_cast<double>(config.log_every_seconds), progress_on, writer_rank);
     const GenerationOptions options =
         generation_options(config.answer, tokenizer, format, model, config.answer.max_new_tokens);
     generate_indices(model, prompts, todo, options, progress, stop, [&](std::size_t i, const GenerationResult& g) {
-      writer.append({{"id", records[i].id}, {"question", records[i].question}, {"reference", records[i].answer},
+      if (writer) writer->append({{"id", records[i].id}, {"question", records[i].question}, {"reference", records[i].answer},
                      {"answer", tokenizer.decode(g.tokens, true)}, {"tokens", g.tokens.size()},
                      {"finish", finish_reason_name(g.finish)}});
     });
@@ -200,9 +223,11 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
         throw Error(dir.string() + ": no answer for record \"" + records[i].id + "\" after the answer stage");
       todo.push_back(i);
     }
-    ShardWriter writer(dir, "judgements", rank);
-    StageProgress progress(dir, stage_name("judge"), static_cast<std::int64_t>(records.size() - judged_before), comm,
-                           static_cast<double>(config.log_every_seconds), progress_on);
+    if (mesh.tensor > 1) mesh.tensor_group->barrier();  // as for the answers
+    std::optional<ShardWriter> writer;
+    if (writer_rank) writer.emplace(dir, "judgements", rank);
+    StageProgress progress(dir, stage_name("judge"), static_cast<std::int64_t>(records.size() - judged_before),
+                           data_group, static_cast<double>(config.log_every_seconds), progress_on, writer_rank);
     std::vector<std::size_t> for_model;
     std::int64_t done = 0;
     for (std::size_t i : todo) {
@@ -212,7 +237,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
         const auto decision = rule_judge(judge.settings, records[i].answer, answer);
         if (decision || judge.settings.kind == "rule") {
           const bool incorrect = decision ? decision->incorrect : true;
-          writer.append({{"id", records[i].id}, {"score", nullptr}, {"verdict", incorrect ? "incorrect" : "correct"},
+          if (writer) writer->append({{"id", records[i].id}, {"score", nullptr}, {"verdict", incorrect ? "incorrect" : "correct"},
                          {"incorrect", incorrect},
                          {"rationale", decision ? "decided by the " + decision->rule + " rule"
                                                 : "no rule could decide; counted as incorrect"},
@@ -246,7 +271,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
                                              {"judged_by", judge.settings.kind == "self" ? "self" : "model"},
                                              {"parse_ok", parsed.ok}};
                          if (!parsed.ok) line["parse_problem"] = parsed.problem;
-                         writer.append(line);
+                         if (writer) writer->append(line);
                        });
     }
     end_stage(comm, stop, progress, dir, "judgements", stage_name("judge"), records.size());  // in place of a barrier
@@ -258,7 +283,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& 
   const auto judgements = read_stage_shards(dir, "judgements");
   std::vector<std::int64_t> mine;
   std::vector<std::int64_t> counts(3, 0);  // unparsed, by rule, by model
-  for (std::size_t i = 0; i < records.size(); ++i) {
+  for (std::size_t i = 0; i < records.size() && writer_rank; ++i) {
     if (owner[i] != rank) continue;
     const auto it = judgements.find(records[i].id);
     if (it == judgements.end()) throw Error(dir.string() + ": no judgement for record \"" + records[i].id + "\"");

@@ -9,6 +9,7 @@
 #include "slearn/chat_format.hpp"
 #include "slearn/communicator.hpp"
 #include "slearn/dataset.hpp"
+#include "slearn/mesh.hpp"
 #include "slearn/model.hpp"
 #include "slearn/run_config.hpp"
 #include "slearn/tokenizer.hpp"
@@ -58,7 +59,12 @@ void check_judge_prompt_lengths(const RunConfig& config, const Judge& judge, con
 
 // Answers the records that `dir` has no answer for yet (this rank's share), judges those not yet judged,
 // gathers the incorrect ones on every rank, and has rank 0 merge answers.jsonl and judgements.jsonl.
-PassResult answer_and_judge(const RunConfig& config, Communicator& comm, Model& model, const Tokenizer& tokenizer,
+// On a T x D mesh (`mesh`, over `comm`, the world) the records are shared among the D data-parallel groups,
+// and the T ranks of a tensor group answer and judge the group's share together on their shards of the
+// model (the same generation calls, the same tokens: slearn/generate.hpp); the group's first rank writes
+// its shard files (answers.rank-<data rank>.jsonl) and counts its records in the gather.
+PassResult answer_and_judge(const RunConfig& config, Communicator& comm, const Mesh& mesh, Model& model,
+                            const Tokenizer& tokenizer,
                             ChatFormat format, const Judge& judge, const std::vector<DatasetRecord>& records,
                             const std::filesystem::path& dir, const std::string& label, bool show_progress = true);
 

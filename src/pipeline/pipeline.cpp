@@ -16,10 +16,12 @@
 #include "slearn/error.hpp"
 #include "slearn/input_check.hpp"
 #include "slearn/lora.hpp"
+#include "slearn/mesh.hpp"
 #include "slearn/model.hpp"
 #include "slearn/sft_data.hpp"
 #include "slearn/threads.hpp"
 #include "slearn/trainer.hpp"
+#include "train/adapter_shard.hpp"
 #include "util/atomic_file.hpp"
 #include "util/run_dir.hpp"
 #include "util/trace.hpp"
@@ -179,7 +181,10 @@ std::string table(const PipelineSummary& s, const std::vector<StageTime>& stages
                   static_cast<long long>(s.skipped_steps));
     out << line;
   }
-  const std::string devices = std::to_string(s.world_size) + (s.backend == "cuda" ? " GPU(s), cuda" : " rank(s), cpu");
+  std::string devices = std::to_string(s.world_size) + (s.backend == "cuda" ? " GPU(s), cuda" : " rank(s), cpu");
+  if (s.tensor_parallel > 1)
+    devices += ", " + std::to_string(s.tensor_parallel) + " x " + std::to_string(s.world_size / s.tensor_parallel) +
+               " (tensor x data)";
   std::snprintf(line, sizeof line, "%-22s %12s\n", "devices", devices.c_str());
   out << line;
   const char* unit = s.backend == "cuda" ? "GPU-hours" : "device-hours";
@@ -196,6 +201,20 @@ std::string table(const PipelineSummary& s, const std::vector<StageTime>& stages
   return out.str();
 }
 
+// The adapter a round trained, as `model` takes it: whole, or this rank's share of it on a sharded model
+// (read whole on the host by every rank, sliced, then moved onto the backend).
+LoraAdapter load_adapter_for(const Model& model, const std::string& dir, Backend& backend) {
+  const TensorParallel& tp = model.tensor_parallel();
+  if (tp.size == 1) return LoraAdapter::load(dir, model.config(), backend);
+  const auto host = make_cpu_backend();
+  const LoraAdapter whole = LoraAdapter::load(dir, model.config(), *host);
+  LoraAdapter local = AdapterSharding(model.config(), whole, tp.size, tp.rank).slice(whole, model.local_config());
+  std::vector<Tensor> on_backend;
+  for (auto& p : local.parameters()) on_backend.push_back(backend.upload(*p.tensor));
+  local.bind_parameters(std::move(on_backend));
+  return local;
+}
+
 }  // namespace
 
 PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const PipelineOptions& options) {
@@ -206,6 +225,7 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
   // prompt lengths and the run directory's owner. A bad one (even with --force) leaves a previous run's files
   // as they were; under MPI the ranks agree, so it is one line for the job and no rank waits for the others.
   std::unique_ptr<Backend> backend;
+  std::optional<Mesh> mesh_slot;  // world = T x D (parallel.tensor)
   std::optional<Model> model_slot, judge_model;  // judge_model: kind model, or cascade with judge.model
   std::optional<Tokenizer> tokenizer_slot, judge_tokenizer;
   std::optional<Dataset> data_slot, eval;
@@ -217,7 +237,10 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
   check_on_all_ranks(comm, [&] {
     check_run_dir_usable(config.run_dir);  // first: a run_dir that cannot be used is the cheapest thing to find
     backend = make_training_backend(config.backend);  // every stage runs on it: answer, judge, train, eval
-    model_slot.emplace(Model::load(config.model, *backend));
+    // Each tensor group shares one copy of the model (and of the judge model), a slice on each of its ranks.
+    mesh_slot.emplace(make_mesh(comm, static_cast<int>(config.parallel.tensor)));
+    const TensorParallel tp{mesh_slot->tensor_group.get(), mesh_slot->tensor_rank, mesh_slot->tensor};
+    model_slot.emplace(Model::load(config.model, *backend, tp));
     tokenizer_slot.emplace(Tokenizer::from_dir(config.model));
     check_tokenizer_fits_vocab(*tokenizer_slot, model_slot->config().vocab_size, fs::path(config.model) / "tokenizer.json");
     format = chat_format_for(config.answer.chat_format, *model_slot, *tokenizer_slot);
@@ -230,7 +253,7 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
       check_prompt_lengths(config, *tokenizer_slot, format, *model_slot, config.eval.data, *eval, false);
     }
     if (separate_judge) {
-      judge_model.emplace(Model::load(config.judge.model, *backend));
+      judge_model.emplace(Model::load(config.judge.model, *backend, tp));
       judge_tokenizer.emplace(Tokenizer::from_dir(config.judge.model));
       check_tokenizer_fits_vocab(*judge_tokenizer, judge_model->config().vocab_size,
                                  fs::path(config.judge.model) / "tokenizer.json");
@@ -253,17 +276,19 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
   const std::optional<RunDirLock> lock = claim_run_dir(config, comm, options, fingerprint);  // held to the end
   const fs::path run_dir(config.run_dir);
   Model& model = *model_slot;
+  const Mesh& mesh = *mesh_slot;
   const Tokenizer& tokenizer = *tokenizer_slot;
   const Dataset& data = *data_slot;
 
   PipelineSummary summary;
   summary.world_size = world;
+  summary.tensor_parallel = mesh.tensor;
   summary.backend = std::string(backend->name());
   summary.records = static_cast<std::int64_t>(data.records.size());
   summary.bad_records = static_cast<std::int64_t>(data.bad.size());
   std::map<std::string, double> seconds;
   auto evaluate = [&](const std::string& name) -> double {
-    const PassResult pass = answer_and_judge(config, comm, model, tokenizer, format, judge, eval->records,
+    const PassResult pass = answer_and_judge(config, comm, mesh, model, tokenizer, format, judge, eval->records,
                                              run_dir / ("eval-" + name), "eval " + name,
                                              options.show_progress);
     seconds["eval"] += pass.answer_seconds + pass.judge_seconds;
@@ -278,8 +303,8 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
     const fs::path dir = round == 1 ? run_dir : run_dir / ("round-" + std::to_string(round));
     const std::string label = config.rounds > 1 ? "round " + std::to_string(round) : "";
     model.set_adapter(adapter ? &*adapter : nullptr);
-    const PassResult pass = answer_and_judge(config, comm, model, tokenizer, format, judge, pending, dir, label,
-                                           options.show_progress);
+    const PassResult pass = answer_and_judge(config, comm, mesh, model, tokenizer, format, judge, pending, dir,
+                                             label, options.show_progress);
     seconds["answer"] += pass.answer_seconds;
     seconds["judge"] += pass.judge_seconds;
     std::vector<DatasetRecord> wrong;
@@ -317,11 +342,12 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
     train_options.inject_nan_at_step = options.inject_nan_at_step;
     model.set_adapter(nullptr);
     const TrainResult trained =
-        train_lora_on_examples(model, examples, fingerprint_text(ids.str()), train_config, comm, train_options);
+        train_lora_on_examples(model, examples, fingerprint_text(ids.str()), train_config, comm,
+                               mesh.tensor == 1 ? comm : *mesh.data_group, train_options);
     summary.skipped_steps += trained.skipped_steps;
     seconds["train"] += std::chrono::duration<double>(Clock::now() - train_start).count();
     adapter_dir = (dir / "adapter").string();
-    adapter.emplace(LoraAdapter::load(adapter_dir, model.config(), *backend));
+    adapter.emplace(load_adapter_for(model, adapter_dir, *backend));
     pending = wrong;
   }
   if (comm.rank() == 0 && !adapter_dir.empty() && fs::path(adapter_dir) != run_dir / "adapter") {
@@ -351,6 +377,8 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
                         {"backend", summary.backend},
                         {"devices", summary.world_size},
                         {"world_size", world},
+                        {"tensor_parallel", mesh.tensor},
+                        {"data_parallel", mesh.data},
                         {"stages", stages},
                         {"accuracy_before", optional_number(summary.accuracy_before)},
                         {"accuracy_after", optional_number(summary.accuracy_after)},

@@ -10,19 +10,22 @@ namespace slearn {
 namespace fs = std::filesystem;
 
 StageProgress::StageProgress(const fs::path& dir, std::string stage, std::int64_t total, Communicator& comm,
-                             double every_seconds, bool enabled)
+                             double every_seconds, bool enabled, bool counted)
     : dir_(dir), stage_(std::move(stage)), total_(total), comm_(comm), every_seconds_(every_seconds),
-      enabled_(enabled), terminal_(enabled && comm.rank() == 0 && isatty(STDOUT_FILENO)),
+      enabled_(enabled && counted), terminal_(enabled_ && comm.rank() == 0 && isatty(STDOUT_FILENO)),
+      counted_(counted),
       start_(std::chrono::steady_clock::now()), last_write_(start_), last_report_(start_) {
   fs::create_directories(dir_);
 }
 
 StageProgress::~StageProgress() {
+  if (!counted_) return;
   std::error_code ignored;
   fs::remove(dir_ / (".progress." + stage_ + ".rank-" + std::to_string(comm_.rank())), ignored);
 }
 
 void StageProgress::update(std::int64_t items_done, std::int64_t tokens_done) {
+  if (!counted_) return;
   items_ = items_done;
   tokens_ = tokens_done;
   const auto now = std::chrono::steady_clock::now();

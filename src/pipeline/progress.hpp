@@ -13,8 +13,10 @@ namespace slearn {
 
 class StageProgress {
  public:
+  // `comm`: the ranks whose counts add up (the data-parallel group of a tensor-parallel run). counted false:
+  // a rank that works on the same records as another (a tensor group's ranks past the first): nothing written.
   StageProgress(const std::filesystem::path& dir, std::string stage, std::int64_t total, Communicator& comm,
-                double every_seconds, bool enabled);
+                double every_seconds, bool enabled, bool counted = true);
   ~StageProgress();
   // This rank's counts so far in this stage.
   void update(std::int64_t items_done, std::int64_t tokens_done);
@@ -28,7 +30,7 @@ class StageProgress {
   std::int64_t total_;
   Communicator& comm_;
   double every_seconds_;
-  bool enabled_, terminal_;
+  bool enabled_, terminal_, counted_;
   std::chrono::steady_clock::time_point start_, last_write_, last_report_;
   std::int64_t items_ = 0, tokens_ = 0;
 };

@@ -23,6 +23,7 @@
 #include "slearn/backend.hpp"
 #include "slearn/communicator.hpp"
 #include "slearn/error.hpp"
+#include "slearn/generate.hpp"
 #include "slearn/mesh.hpp"
 #include "slearn/model.hpp"
 #include "slearn/model_config.hpp"
@@ -160,6 +161,37 @@ fs::path fixture(const std::string& name) { return fs::path("tests/fixtures/mode
 TEST(TensorParallelModel, QwenFixtureWithTiedHeadAndReplicatedKvHeads) { check_model(fixture("qwen2-gqa-tied")); }
 
 TEST(TensorParallelModel, LlamaFixtureWithUntiedHead) { check_model(fixture("llama-bf16")); }
+
+// slearn::generate on a sharded model, greedy and sampled with top-k (continuous batching over 2 slots, so
+// prompts join mid-way): every rank of each tensor group ends with the same tokens (checked by gathering
+// them over the world, so a rank that diverged would show), and they are the whole model's.
+TEST(TensorParallelModel, GenerateGivesEveryRankTheWholeModelsTokens) {
+  auto backend = make_cpu_backend();
+  const fs::path dir = fixture("qwen2-gqa-tied");
+  Model whole = Model::load(dir, *backend);
+  const auto ps = prompts(whole.config().vocab_size);
+  for (const double temperature : {0.0, 0.8}) {
+    GenerationOptions options;
+    options.max_new_tokens = 12;
+    options.batch_size = 2;
+    options.sampling = {temperature, temperature > 0 ? 20 : 0, 1.0, 99};
+    std::vector<TokenId> expected;
+    for (const auto& r : generate(whole, ps, options)) expected.insert(expected.end(), r.tokens.begin(), r.tokens.end());
+    for (const int t : {2, 4}) {
+      if (world().size() % t != 0) continue;
+      Mesh mesh = make_mesh(world(), t);
+      Model sharded = Model::load(dir, *backend, TensorParallel{mesh.tensor_group.get(), mesh.tensor_rank, t});
+      std::vector<std::int64_t> mine;
+      for (const auto& r : generate(sharded, ps, options)) mine.insert(mine.end(), r.tokens.begin(), r.tokens.end());
+      const std::vector<std::int64_t> all = world().allgather(mine);
+      const std::vector<std::int64_t> want(expected.begin(), expected.end());
+      ASSERT_EQ(all.size(), want.size() * static_cast<std::size_t>(world().size()));
+      for (int rank = 0; rank < world().size(); ++rank)
+        EXPECT_TRUE(std::equal(want.begin(), want.end(), all.begin() + static_cast<std::ptrdiff_t>(rank * want.size())))
+            << "rank " << rank << " at T=" << t << ", temperature " << temperature;
+    }
+  }
+}
 
 // A group that is not the one described is a caller's bug, refused before any collective.
 TEST(TensorParallelModel, AMissingOrMismatchedGroupIsRefused) {
