@@ -240,6 +240,10 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
     // Each tensor group shares one copy of the model (and of the judge model), a slice on each of its ranks.
     mesh_slot.emplace(make_mesh(comm, static_cast<int>(config.parallel.tensor)));
     const TensorParallel tp{mesh_slot->tensor_group.get(), mesh_slot->tensor_rank, mesh_slot->tensor};
+    if (tp.size > 1 && config.answer.temperature > 0 && config.answer.top_k == 0)
+      throw InputError("answer.temperature " + std::to_string(config.answer.temperature) + " with answer.top_k 0 "
+                       "cannot be sampled on a tensor-parallel model (parallel.tensor " + std::to_string(tp.size) +
+                       "): no rank holds a whole row of logits; set answer.top_k (e.g. 50) or parallel.tensor 1");
     model_slot.emplace(Model::load(config.model, *backend, tp));
     tokenizer_slot.emplace(Tokenizer::from_dir(config.model));
     check_tokenizer_fits_vocab(*tokenizer_slot, model_slot->config().vocab_size, fs::path(config.model) / "tokenizer.json");

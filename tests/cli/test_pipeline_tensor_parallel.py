@@ -76,5 +76,10 @@ bad = os.path.join(work, "t8")
 done = run(bad, 8)
 check(done.returncode == 2 and "parallel.tensor 8" in done.stderr and not os.path.exists(bad),
       f"T = 8 on 4 ranks is refused with exit 2 and no run directory ({done.stderr.strip()[-300:]})")
+# Sampling without top-k needs whole rows of logits: refused before the run directory exists.
+nucleus = os.path.join(work, "nucleus")
+done = run(nucleus, 2, ["answer.top_k=0"])
+check(done.returncode == 2 and "answer.top_k" in done.stderr and not os.path.exists(nucleus),
+      f"sampling without top-k at T = 2 is refused with exit 2 and no run directory ({done.stderr.strip()[-300:]})")
 shutil.rmtree(work)
 finish()

@@ -23,7 +23,13 @@
 #include <vector>
 
 #include "mpi_test_env.hpp"
+#include "slearn/chat_format.hpp"
 #include "slearn/communicator.hpp"
+#include "slearn/counting_communicator.hpp"
+#include "slearn/mesh.hpp"
+#include "slearn/model.hpp"
+#include "slearn/sft_data.hpp"
+#include "slearn/tokenizer.hpp"
 #include "slearn/safetensors.hpp"
 #include "slearn/train_config.hpp"
 #include "slearn/trainer.hpp"
@@ -170,6 +176,55 @@ TEST(TensorParallelTraining, StoppedAndResumedAtTwoEndsIdenticalAndReshardsToFou
     EXPECT_EQ(resharded.resumed_from, 10);
     EXPECT_LT(worst_relative(adapter_tensors(root / "reshard"), adapter_tensors(root / "straight")), 1e-5);
   }
+  world().barrier();
+  if (world().rank() == 0) fs::remove_all(root);
+}
+
+// The bytes a training step sends over the tensor group, counted (the model loaded over a CountingCommunicator
+// wrapped around its group) against the formula: per micro-batch of n tokens, 2 allreduces of [n, hidden] fp32
+// per layer in the forward and 2 in the backward, 1 for the head's input gradient, and the vocabulary-parallel
+// loss's double sum of 2 values per row with a target; per step, the replicated adapter parts' gradients in
+// double (A of q/k/v/gate/up, B of o_proj/down: 7 r hidden per layer) and the norm's 2 doubles. At T = 2 on
+// this model (2 kv heads) no kv head is replicated, so no kv group. One step over every example.
+TEST(TensorParallelTraining, BytesSentPerTrainingTokenAreTheFormulas) {
+  if (world().size() != 2) GTEST_SKIP() << "measured at T = 2 on 2 ranks";
+  const fs::path root = shared_directory("bytes");
+  TrainConfig c = config(root / "run", 2);
+  c.train.max_steps = 1;
+  c.train.global_batch_size = 16;  // every record of medquad-tiny in one step
+  c.train.micro_batch_size = "4";
+  Mesh mesh = make_mesh(world(), 2);
+  CountingCommunicator counting(*mesh.tensor_group);
+  auto backend = make_cpu_backend();
+  Model model = Model::load(c.model, *backend, TensorParallel{&counting, mesh.tensor_rank, 2});
+  const Tokenizer tokenizer = Tokenizer::from_dir(c.model);
+  ExampleStats stats;
+  const auto examples = build_examples(load_qa_records(c.data), tokenizer,
+                                       default_chat_format(model.config().model_type, tokenizer), c.data, stats);
+  ASSERT_EQ(examples.size(), 16u);
+  counting.reset();
+  TrainRunOptions options;
+  options.show_progress = false;
+  const TrainResult result = train_lora_on_examples(model, examples, "bytes", c, world(), *mesh.data_group, options);
+  EXPECT_TRUE(result.finished);
+  const std::int64_t hidden = model.config().hidden_size, layers = model.config().num_hidden_layers;
+  std::int64_t tokens = 0, targets = 0;
+  for (const auto& e : examples) {
+    tokens += static_cast<std::int64_t>(e.tokens.size());
+    for (const TokenId t : e.targets) targets += t >= 0;
+  }
+  const std::int64_t activations = (4 * layers + 1) * tokens * hidden * 4;
+  const std::int64_t loss = 16 * targets;
+  const std::int64_t replicated = 8 * 7 * c.lora.r * hidden * layers + 16;
+  EXPECT_EQ(counting.allreduce_counts().bytes, activations + loss + replicated);
+  if (world().rank() == 0)
+    std::printf("T=2 training step: %lld tokens, %lld allreduced bytes per rank (%.0f per token: %lld activations, "
+                "%lld loss, %lld adapter gradients and norm); %lld allgathered (the loss's maxima, the saved "
+                "adapter)\n",
+                static_cast<long long>(tokens), static_cast<long long>(counting.allreduce_counts().bytes),
+                static_cast<double>(counting.allreduce_counts().bytes) / static_cast<double>(tokens),
+                static_cast<long long>(activations), static_cast<long long>(loss), static_cast<long long>(replicated),
+                static_cast<long long>(counting.allgather_counts().bytes));
   world().barrier();
   if (world().rank() == 0) fs::remove_all(root);
 }

@@ -72,6 +72,17 @@ TEST(TensorParallelCheck, RealShapes) {
             "the model cannot be split over parallel.tensor 8 ranks: num_attention_heads 28 does not divide by it");
 }
 
+// configs/qwen1.5-32b-chat.yaml's parallel.tensor 4 (and 2 or 8, the other T a node allows), and the 72B at 8.
+TEST(TensorParallelCheck, TheShippedLargeConfigurationsSplit) {
+  const ModelConfig qwen32 = reference_shape("qwen1.5-32b");
+  for (const int t : {2, 4, 8}) {
+    const HeadSharding heads = check_tensor_parallel(qwen32, t);
+    EXPECT_EQ(heads.heads_per_rank * t, 40) << t;
+    EXPECT_EQ(heads.kv_replicas, 1) << t;  // 8 kv heads: none replicated up to T = 8
+  }
+  EXPECT_NO_THROW(check_tensor_parallel(reference_shape("qwen2.5-72b"), 8));
+}
+
 TEST(TensorParallelCheck, RefusalsNameTheField) {
   EXPECT_EQ(refusal(shape(32, 8, 1000), 16),
             "the model cannot be split over parallel.tensor 16 ranks: intermediate_size 1000 does not divide by it");
