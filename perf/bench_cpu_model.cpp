@@ -1,7 +1,11 @@
 // CPU inference benchmark at the shape of Qwen2.5-0.5B (random weights, written once as a BF16 checkpoint):
 // prefill tokens/s (a [batch x prompt_len] block, logits for the last position, as generation does) and
 // decode tokens/s (greedy steps through the KV cache). The same method as perf/peer_cpu_model.py, so the two
-// lines compare directly. Prints one JSON line.
+// lines compare directly. Prints one JSON line, with the processor and the GEMM kernel in use (cpu_info), and
+// where the prefill's time goes: one more prefill with an observer that stamps the clock at each named
+// intermediate tensor, the time between two stamps summed by what ran between them (the q/k/v projection and
+// RoPE, the KV store and attention, o_proj with its residual and norm, the MLP with its residual and norm,
+// the LM head), beside the GFLOP/s of those GEMMs alone (cblas_sgemm at the same shapes).
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -10,7 +14,12 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cblas.h>
+
+#include <map>
+
 #include "slearn/backend.hpp"
+#include "slearn/cpu_info.hpp"
 #include "slearn/model.hpp"
 #include "slearn/safetensors.hpp"
 #include "slearn/threads.hpp"
@@ -70,6 +79,43 @@ int main(int argc, char** argv) {
       if (r > 0) prefill_best = std::min(prefill_best, seconds_since(start));
     }
 
+    // Where a prefill's time goes: the clock at each observed tensor, the gap charged to what produced it.
+    std::map<std::string, double> stage_seconds;
+    {
+      auto last = Clock::now();
+      model.set_observer([&](const slearn::Tensor& t) {
+        const auto now = Clock::now();
+        std::string name = t.name();
+        if (const auto dot = name.rfind('.'); name.rfind("layers.", 0) == 0 && dot != std::string::npos)
+          name = name.substr(dot + 1);  // "layers.3.attn" -> "attn": summed over the layers
+        stage_seconds[name] += std::chrono::duration<double>(now - last).count();
+        last = Clock::now();  // the observer's own time is not charged
+      });
+      slearn::KVCache scratch = model.make_cache(batch, prompt_len + new_tokens);
+      model.forward(prompt_ids, prefill_chunks, scratch, slearn::Model::Logits::LastOfEachChunk);
+      model.set_observer({});
+    }
+    // The prefill's GEMMs alone, at its shapes: m = batch x prompt_len rows against each weight.
+    const slearn::ModelConfig& c = model.config();
+    const std::int64_t m = static_cast<std::int64_t>(batch) * prompt_len, h = c.hidden_size;
+    const std::int64_t qkv = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim;
+    nlohmann::json gemms = nlohmann::json::object();
+    for (const auto& [name, n, k] : std::vector<std::tuple<std::string, std::int64_t, std::int64_t>>{
+             {"qkv", qkv, h}, {"o_proj", h, c.num_attention_heads * c.head_dim}, {"gate_up", 2 * c.intermediate_size, h},
+             {"down", h, c.intermediate_size}}) {
+      std::vector<float> a(static_cast<std::size_t>(m * k), 0.5f), w(static_cast<std::size_t>(n * k), 0.25f),
+          out(static_cast<std::size_t>(m * n));
+      double best = 1e30;
+      for (int r = 0; r < 4; ++r) {
+        const auto start = Clock::now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(n),
+                    static_cast<blasint>(k), 1.0f, a.data(), static_cast<blasint>(k), w.data(),
+                    static_cast<blasint>(k), 0.0f, out.data(), static_cast<blasint>(n));
+        if (r > 0) best = std::min(best, seconds_since(start));
+      }
+      gemms[name] = 2.0 * static_cast<double>(m * n * k) / best / 1e9;
+    }
+
     const auto vocab = static_cast<std::size_t>(model.config().vocab_size);
     std::vector<slearn::TokenId> next(static_cast<std::size_t>(batch));
     std::vector<slearn::SequenceChunk> decode_chunks(static_cast<std::size_t>(batch));
@@ -94,7 +140,10 @@ int main(int argc, char** argv) {
                         {"decode_s", decode_seconds},
                         {"prefill_tok_s", batch * prompt_len / prefill_best},
                         {"decode_tok_s", batch * new_tokens / decode_seconds},
-                        {"parameters", model.parameter_count()}};
+                        {"parameters", model.parameter_count()},
+                        {"prefill_stage_s", stage_seconds},
+                        {"sgemm_gflop_s", gemms},
+                        {"cpu", slearn::describe(slearn::cpu_info())}};
     std::cout << line.dump() << std::endl;
   } catch (const std::exception& e) {
     std::cerr << "bench_cpu_model: " << e.what() << std::endl;

@@ -9,6 +9,7 @@
 
 #include "cli/commands.hpp"
 #include "slearn/communicator.hpp"
+#include "slearn/cpu_info.hpp"
 #include "slearn/error.hpp"
 #include "slearn/input_check.hpp"
 #include "slearn/stop.hpp"
@@ -68,7 +69,10 @@ int main(int argc, char** argv) {
   }
   CLI::App app{"slearn_dist: self-learning fine-tuning of chat models (SLearnLLM) on HPC clusters"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "slearn_dist 0.1.0");
+  // The version with what the CPU backend runs on: the GEMM kernel OpenBLAS chose decides prefill speed.
+  app.set_version_flag("--version", [] {
+    return "slearn_dist 0.1.0\ncpu: " + slearn::describe(slearn::cpu_info());
+  });
   bool verbose_errors = false;
   app.add_flag("--debug-errors", verbose_errors, "Add the source location to error messages");
 
