@@ -18,8 +18,10 @@
 
 #include <map>
 
+#include "model/weights.hpp"
 #include "slearn/backend.hpp"
 #include "slearn/cpu_info.hpp"
+#include "slearn/dtype.hpp"
 #include "slearn/model.hpp"
 #include "slearn/safetensors.hpp"
 #include "slearn/threads.hpp"
@@ -47,6 +49,8 @@ int main(int argc, char** argv) {
   app.add_option("--new-tokens", new_tokens)->capture_default_str();
   app.add_option("--repeat", repeat, "timed prefill passes; the best is reported")->capture_default_str();
   app.add_option("--threads", threads, "default: this process's share of the cores");
+  std::string cpu_weights = "auto";
+  app.add_option("--cpu-weights", cpu_weights, "auto (bf16: the checkpoint's), f32 or bf16")->capture_default_str();
   app.add_option("--workdir", workdir, "where the random checkpoint is written (reused when present)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -60,7 +64,7 @@ int main(int argc, char** argv) {
       shape.layers = layers;
       slearn::perf::write_random_qwen2(dir, shape);
     }
-    auto backend = slearn::make_cpu_backend();
+    auto backend = slearn::make_cpu_backend(slearn::cpu_weights_from_name(cpu_weights));
     slearn::Model model = slearn::Model::load(dir, *backend);
 
     std::mt19937 rng(1);
@@ -131,6 +135,8 @@ int main(int argc, char** argv) {
     const double decode_seconds = seconds_since(decode_start);
 
     nlohmann::json line{{"impl", "slearn-cpu"},
+                        {"cpu_weights", model.weights().layers.empty() ? "?" :
+                                        std::string(slearn::dtype_name(model.weights().layers[0].down_proj.dtype()))},
                         {"threads", plan.threads},
                         {"layers", layers},
                         {"batch", batch},

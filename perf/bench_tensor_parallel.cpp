@@ -288,7 +288,8 @@ int run(slearn::Communicator& world, int argc, char** argv) {
 
   const slearn::Mesh mesh = slearn::make_mesh(world, tensor);
   slearn::CountingCommunicator counting(*mesh.tensor_group);
-  auto backend = slearn::make_cpu_backend();
+  // fp32 weights, as the figures of docs/performance.md were measured (the checkpoint is bf16).
+  auto backend = slearn::make_cpu_backend(slearn::CpuWeights::F32);
   PeakSampler during_load;
   slearn::Model model = slearn::Model::load(dir, *backend, slearn::TensorParallel{&counting, mesh.tensor_rank, mesh.tensor});
   during_load.stop();

@@ -38,6 +38,12 @@ class Backend {
   virtual Tensor zeros_f32(std::vector<std::int64_t> shape, std::string name) = 0;
   // Moves an fp32 host tensor (weights after loading) into this backend's memory and dtype.
   virtual Tensor upload(Tensor host) = 0;
+  // A weight matrix (a projection, the embedding, the LM head) read from a checkpoint that stores it as
+  // `stored`: by default as upload; the cpu backend keeps it in bf16 when its CpuWeights say so.
+  virtual Tensor upload_weight(Tensor host, DType stored) {
+    (void)stored;
+    return upload(std::move(host));
+  }
   virtual void to_host(const Tensor& tensor, std::span<float> out) = 0;
   // Fills `t` with values uniform in [-scale, scale] rounded to bf16, element i a function of (key, i) only:
   // bit-identical on every backend, so a random model (tests, benchmarks) needs no file and no host copy.
@@ -170,8 +176,15 @@ class Backend {
                                            Tensor* dhidden) = 0;
 };
 
-std::unique_ptr<Backend> make_cpu_backend();
-// "cpu" (or "auto" on a build or machine without CUDA); anything else is an InputError.
-std::unique_ptr<Backend> make_backend(std::string_view name);
+// How the cpu backend stores weight matrices (cpu_weights in the configurations): Auto keeps them in the
+// checkpoint's bf16 when it is bf16 (exact: every op widens them to fp32 and computes in fp32, so the results
+// are those of fp32 weights holding the same values, at half the bytes a decode step reads) and in fp32
+// otherwise; BF16 rounds any checkpoint to bf16; F32 widens every checkpoint to fp32.
+enum class CpuWeights { Auto, F32, BF16 };
+CpuWeights cpu_weights_from_name(std::string_view name);  // "auto" | "f32" | "bf16", else InputError
+std::unique_ptr<Backend> make_cpu_backend(CpuWeights weights = CpuWeights::Auto);
+// "cpu" (or "auto" on a build or machine without CUDA); anything else is an InputError. `cpu_weights`
+// applies when the backend is the cpu one.
+std::unique_ptr<Backend> make_backend(std::string_view name, CpuWeights cpu_weights = CpuWeights::Auto);
 
 }  // namespace slearn

@@ -38,6 +38,7 @@ struct RunConfig {
   std::string model;                   // required
   std::string run_dir;                 // required
   std::string backend = "auto";
+  std::string cpu_weights = "auto";      // auto | f32 | bf16: weight matrices on the cpu backend (CpuWeights)
   std::optional<int> threads;
   std::int64_t log_every_seconds = 30; // plain log lines when stdout is not a terminal
   ParallelSettings parallel;           // tensor parallelism, as in TrainConfig (every stage)

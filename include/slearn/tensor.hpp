@@ -22,6 +22,8 @@ class Tensor {
 
   // A zero-initialised fp32 tensor in host memory, 64-byte aligned.
   static Tensor host_f32(std::vector<std::int64_t> shape, std::string name);
+  // The same in bf16 (the CPU backend's weights of a bf16 checkpoint: cpu_weights).
+  static Tensor host_bf16(std::vector<std::int64_t> shape, std::string name);
 
   bool defined() const { return data_ != nullptr || numel() == 0; }
   DType dtype() const { return dtype_; }
@@ -37,6 +39,8 @@ class Tensor {
   const void* data() const { return data_; }
   float* f32();  // throws unless dtype is F32 on the host
   const float* f32() const;
+  std::uint16_t* bf16();  // throws unless dtype is BF16 on the host
+  const std::uint16_t* bf16() const;
 
   // The first `rows` rows (along axis 0) of this tensor, sharing its memory.
   Tensor rows(std::int64_t rows) const;

@@ -70,6 +70,7 @@ struct TrainConfig {
   std::string model;                     // Hugging Face model directory (required)
   std::string run_dir;                   // outputs: adapter/, checkpoints/, metrics.jsonl (required)
   std::string backend = "auto";
+  std::string cpu_weights = "auto";      // auto | f32 | bf16: weight matrices on the cpu backend (CpuWeights)
   std::optional<int> threads;
   std::int64_t log_every_steps = 10;
   ParallelSettings parallel;

@@ -47,7 +47,7 @@ struct TrainResult {
 // The backend a training job runs on, from the configuration's `backend` (make_backend: "auto" picks cuda when
 // a GPU is visible). The trainer's state lives on that backend (train/flat_adapter.hpp); only scalars of a
 // step reach the host.
-std::unique_ptr<Backend> make_training_backend(std::string_view name);
+std::unique_ptr<Backend> make_training_backend(std::string_view name, std::string_view cpu_weights = "auto");
 
 // The most optimizer steps a run may take: far beyond any real run, and small enough that every count derived
 // from it (steps x batch, the schedule's arithmetic) stays exact.

@@ -9,10 +9,11 @@
 namespace slearn::cpu {
 
 struct EmbeddingParams {
-  const float* table;      // [vocab, hidden]
+  const float* table;      // [vocab, hidden] fp32, or nullptr when table_bf16 holds it
   const std::int32_t* ids; // [tokens]
   float* out;              // [tokens, hidden]
   std::int64_t tokens, hidden, vocab;
+  const std::uint16_t* table_bf16 = nullptr;  // [vocab, hidden] bf16 (cpu_weights bf16)
 };
 void embedding(const EmbeddingParams& p);
 
@@ -28,11 +29,12 @@ void rms_norm(const RmsNormParams& p);
 // out[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]): a row-major activation times a PyTorch-layout weight.
 struct LinearParams {
   const float* x;     // [m, k]
-  const float* w;     // [n, k]
+  const float* w;     // [n, k] fp32, or nullptr when w_bf16 holds the weight
   const float* bias;  // [n] or nullptr
   float* out;         // [m, n]
   std::int64_t m, n, k;
   float beta = 0.0f;  // 1 accumulates into out (no bias then)
+  const std::uint16_t* w_bf16 = nullptr;  // [n, k] bf16 (cpu_weights bf16): widened to fp32 as it is read
 };
 void linear(const LinearParams& p);
 

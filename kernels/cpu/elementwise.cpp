@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cpu/cpu_kernels.hpp"
+#include "slearn/dtype.hpp"
 #include "slearn/error.hpp"
 #include "slearn/mix64.hpp"
 
@@ -21,9 +22,14 @@ void embedding(const EmbeddingParams& p) {
                        std::to_string(p.vocab) + ")");
   }
 #pragma omp parallel for schedule(static) if (p.tokens * p.hidden > kParallelThreshold)
-  for (std::int64_t t = 0; t < p.tokens; ++t)
-    std::memcpy(p.out + t * p.hidden, p.table + static_cast<std::int64_t>(p.ids[t]) * p.hidden,
-                static_cast<std::size_t>(p.hidden) * sizeof(float));
+  for (std::int64_t t = 0; t < p.tokens; ++t) {
+    const std::int64_t row = static_cast<std::int64_t>(p.ids[t]) * p.hidden;
+    if (p.table_bf16 == nullptr) {
+      std::memcpy(p.out + t * p.hidden, p.table + row, static_cast<std::size_t>(p.hidden) * sizeof(float));
+      continue;
+    }
+    for (std::int64_t c = 0; c < p.hidden; ++c) p.out[t * p.hidden + c] = bf16_to_f32(p.table_bf16[row + c]);
+  }
 }
 
 void rms_norm(const RmsNormParams& p) {

@@ -39,6 +39,7 @@ struct GenerateOptions {
   std::string batch_size = "8";  // or "auto"
   std::optional<int> threads;
   std::string backend = "auto";
+  std::string cpu_weights = "auto";
   std::string long_prompt = "error";
   bool ignore_eos = false;
   bool quiet = false;
@@ -135,7 +136,7 @@ int run_generate(const GenerateOptions& o) {
   apply_thread_plan(plan);
   const std::filesystem::path dir(o.model_dir);
 
-  auto backend = make_backend(o.backend);
+  auto backend = make_backend(o.backend, cpu_weights_from_name(o.cpu_weights));
   const auto load_start = std::chrono::steady_clock::now();
   // The model first, as run does: a model directory that cannot be read is reported as that.
   Model model = Model::load(dir, *backend);
@@ -250,6 +251,9 @@ Command add_generate_command(CLI::App& app) {
                   "Sequences decoded together; auto: as many as fit in 90% of the free memory")->capture_default_str();
   sub->add_option("--threads", o->threads, "CPU threads (default: this rank's share of the cores)");
   sub->add_option("--backend", o->backend, "cpu, cuda or auto")->capture_default_str();
+  sub->add_option("--cpu-weights", o->cpu_weights,
+                  "cpu backend: auto (the checkpoint's bf16, else fp32), f32 or bf16 weight matrices")
+      ->capture_default_str();
   sub->add_option("--long-prompt", o->long_prompt,
                   "A prompt that fills the context: error, or truncate-left (keep its last tokens)")
       ->capture_default_str();

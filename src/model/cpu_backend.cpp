@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include <cblas.h>
 
@@ -28,8 +29,21 @@ void expect(bool condition, const Tensor& tensor, const std::string& what) {
 std::int64_t rows_of(const Tensor& t) { return t.rank() == 0 ? 1 : t.dim(0); }
 std::int64_t row_size(const Tensor& t) { return t.numel() / std::max<std::int64_t>(rows_of(t), 1); }
 
+// A weight as fp32: its own data, or (a bf16 weight, cpu_weights) widened into `scratch`, for the training
+// ops that hand whole weights to sgemm (matmul's base-weight products, the fused LM-head loss).
+const float* widened(const Tensor& w, std::vector<float>& scratch) {
+  if (w.dtype() != DType::BF16) return w.f32();
+  scratch.resize(static_cast<std::size_t>(w.numel()));
+  const std::uint16_t* source = w.bf16();
+  const std::int64_t count = w.numel();
+#pragma omp parallel for simd schedule(static) if (count > (1 << 16))
+  for (std::int64_t i = 0; i < count; ++i) scratch[static_cast<std::size_t>(i)] = bf16_to_f32(source[i]);
+  return scratch.data();
+}
+
 class CpuBackend final : public Backend {
  public:
+  explicit CpuBackend(CpuWeights weights) : weights_(weights) {}
   std::string_view name() const override { return "cpu"; }
 
   Tensor zeros(std::vector<std::int64_t> shape, std::string name) override {
@@ -39,6 +53,17 @@ class CpuBackend final : public Backend {
     return Tensor::host_f32(std::move(shape), std::move(name));
   }
   Tensor upload(Tensor host) override { return host; }
+  Tensor upload_weight(Tensor host, DType stored) override {
+    const bool bf16 = weights_ == CpuWeights::BF16 || (weights_ == CpuWeights::Auto && stored == DType::BF16);
+    if (!bf16 || host.dtype() != DType::F32) return host;
+    Tensor out = Tensor::host_bf16(host.shape(), host.name());
+    const float* source = host.f32();
+    std::uint16_t* target = out.bf16();
+    const std::int64_t count = host.numel();
+#pragma omp parallel for schedule(static) if (count > (1 << 16))
+    for (std::int64_t i = 0; i < count; ++i) target[i] = f32_to_bf16(source[i]);
+    return out;
+  }
   void fill_random(Tensor& t, std::uint64_t key, float scale) override {
     float* data = t.f32();
     const std::int64_t count = t.numel();
@@ -61,14 +86,20 @@ class CpuBackend final : public Backend {
   }
   void to_host(const Tensor& tensor, std::span<float> out) override {
     expect(out.size() == static_cast<std::size_t>(tensor.numel()), tensor, "host buffer has the wrong size");
+    if (tensor.dtype() == DType::BF16) {
+      const std::uint16_t* source = tensor.bf16();
+      for (std::size_t i = 0; i < out.size(); ++i) out[i] = bf16_to_f32(source[i]);
+      return;
+    }
     std::memcpy(out.data(), tensor.f32(), tensor.bytes());
   }
 
   void embedding(const Tensor& table, std::span<const TokenId> ids, Tensor& out) override {
     expect(rows_of(out) == static_cast<std::int64_t>(ids.size()) && row_size(out) == table.dim(1), out,
            "embedding output must be [tokens, hidden]");
-    cpu::embedding({table.f32(), ids.data(), out.f32(), static_cast<std::int64_t>(ids.size()), table.dim(1),
-                    table.dim(0)});
+    const bool bf16 = table.dtype() == DType::BF16;
+    cpu::embedding({bf16 ? nullptr : table.f32(), ids.data(), out.f32(), static_cast<std::int64_t>(ids.size()),
+                    table.dim(1), table.dim(0), bf16 ? table.bf16() : nullptr});
   }
 
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
@@ -82,7 +113,9 @@ class CpuBackend final : public Backend {
     expect(rows_of(out) == m && row_size(out) == n, out, "linear output must be [" + std::to_string(m) + ", " +
                                                              std::to_string(n) + "]");
     if (bias != nullptr) expect(bias->numel() == n, *bias, "bias size must equal the output features");
-    cpu::linear({x.f32(), weight.f32(), bias ? bias->f32() : nullptr, out.f32(), m, n, k});
+    const bool bf16 = weight.dtype() == DType::BF16;
+    cpu::linear({x.f32(), bf16 ? nullptr : weight.f32(), bias ? bias->f32() : nullptr, out.f32(), m, n, k, 0.0f,
+                 bf16 ? weight.bf16() : nullptr});
   }
 
   void rope(Tensor& x, const TokenLayout& layout, const Tensor& cos, const Tensor& sin) override {
@@ -191,7 +224,7 @@ class CpuBackend final : public Backend {
     if (m == 0 || n == 0) return;
     cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans,
                 static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a.f32(),
-                static_cast<blasint>(a_cols), b.f32(), static_cast<blasint>(b_cols), beta, c.f32(),
+                static_cast<blasint>(a_cols), widened(b, weight_scratch_), static_cast<blasint>(b_cols), beta, c.f32(),
                 static_cast<blasint>(n));
   }
 
@@ -288,25 +321,37 @@ class CpuBackend final : public Backend {
                                    float grad_scale, Tensor* dhidden) override {
     expect(rows_of(hidden) == static_cast<std::int64_t>(targets.size()) && row_size(hidden) == lm_head.dim(1),
            hidden, "cross_entropy: hidden rows must match the targets and the head's width");
-    cpu::CrossEntropyParams params{hidden.f32(), lm_head.f32(), targets.data(), dhidden ? dhidden->f32() : nullptr,
+    cpu::CrossEntropyParams params{hidden.f32(), widened(lm_head, weight_scratch_), targets.data(),
+                                   dhidden ? dhidden->f32() : nullptr,
                                    rows_of(hidden), row_size(hidden), lm_head.dim(0)};
     params.grad_scale = grad_scale;
     cpu::cross_entropy(params);
     return {params.loss_sum, params.counted};
   }
+
+ private:
+  CpuWeights weights_;
+  std::vector<float> weight_scratch_;  // a bf16 weight widened for sgemm (training only)
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+CpuWeights cpu_weights_from_name(std::string_view name) {
+  if (name == "auto") return CpuWeights::Auto;
+  if (name == "f32") return CpuWeights::F32;
+  if (name == "bf16") return CpuWeights::BF16;
+  throw InputError("unknown cpu_weights \"" + std::string(name) + "\" (expected auto, f32 or bf16)");
+}
 
-std::unique_ptr<Backend> make_backend(std::string_view name) {
-  if (name == "cpu") return make_cpu_backend();
+std::unique_ptr<Backend> make_cpu_backend(CpuWeights weights) { return std::make_unique<CpuBackend>(weights); }
+
+std::unique_ptr<Backend> make_backend(std::string_view name, CpuWeights cpu_weights) {
+  if (name == "cpu") return make_cpu_backend(cpu_weights);
 #ifdef SLEARN_WITH_CUDA
   if (name == "cuda") return make_cuda_backend();  // InputError when no device is visible
-  if (name == "auto") return cuda_device_count() > 0 ? make_cuda_backend() : make_cpu_backend();
+  if (name == "auto") return cuda_device_count() > 0 ? make_cuda_backend() : make_cpu_backend(cpu_weights);
 #else
-  if (name == "auto") return make_cpu_backend();
+  if (name == "auto") return make_cpu_backend(cpu_weights);
   if (name == "cuda")
     throw InputError("backend \"cuda\" is not available: this build has no CUDA support (configure with -DSLEARN_CUDA=ON)");
 #endif

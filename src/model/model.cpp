@@ -174,8 +174,9 @@ KVCache Model::make_cache(std::int32_t slots, std::int32_t capacity) {
 std::int32_t Model::sequences_that_fit(std::int64_t capacity, std::int64_t prompt_tokens, double fraction) {
   const ModelConfig& c = weights_->local;  // this rank's share of the cache, activations and logits
   Backend& b = *weights_->backend;
-  // The weights are stored in the backend's compute dtype, as the cache and the activations are.
-  const double element = static_cast<double>(dtype_size(weights_->tensors.embed_tokens.dtype()));
+  // The activations and the cache are in the backend's compute dtype, as the norms are (not the weights: the cpu
+  // backend may keep those in bf16).
+  const double element = static_cast<double>(dtype_size(weights_->tensors.final_norm.dtype()));
   const double q = static_cast<double>(c.num_attention_heads * c.head_dim);
   const double kv = static_cast<double>(c.num_key_value_heads * c.head_dim);
   const double hidden = static_cast<double>(c.hidden_size), inter = static_cast<double>(c.intermediate_size);

@@ -14,20 +14,32 @@ Tensor::Tensor(std::shared_ptr<void> owner, void* data, DType dtype, Device devi
     : owner_(std::move(owner)), data_(data), dtype_(dtype), device_(device), shape_(std::move(shape)),
       name_(std::move(name)) {}
 
-Tensor Tensor::host_f32(std::vector<std::int64_t> shape, std::string name) {
+namespace {
+
+Tensor host_tensor(std::vector<std::int64_t> shape, std::string name, DType dtype) {
   std::int64_t count = 1;
   for (auto extent : shape) {
     if (extent < 0) throw Error("tensor " + name + ": negative extent");
     count *= extent;
   }
   // Round up to the alignment: aligned_alloc requires a size that is a multiple of it.
-  std::size_t bytes = (static_cast<std::size_t>(count) * sizeof(float) + 63) / 64 * 64;
+  std::size_t bytes = (static_cast<std::size_t>(count) * dtype_size(dtype) + 63) / 64 * 64;
   if (bytes == 0) bytes = 64;
   void* memory = std::aligned_alloc(64, bytes);
   if (memory == nullptr) throw Error("tensor " + name + ": out of memory allocating " + std::to_string(bytes) + " bytes");
   std::memset(memory, 0, bytes);
   std::shared_ptr<void> owner(memory, [](void* p) { std::free(p); });
-  return Tensor(owner, memory, DType::F32, Device::CPU, std::move(shape), std::move(name));
+  return Tensor(owner, memory, dtype, Device::CPU, std::move(shape), std::move(name));
+}
+
+}  // namespace
+
+Tensor Tensor::host_f32(std::vector<std::int64_t> shape, std::string name) {
+  return host_tensor(std::move(shape), std::move(name), DType::F32);
+}
+
+Tensor Tensor::host_bf16(std::vector<std::int64_t> shape, std::string name) {
+  return host_tensor(std::move(shape), std::move(name), DType::BF16);
 }
 
 std::int64_t Tensor::numel() const {
@@ -40,6 +52,13 @@ float* Tensor::f32() {
 }
 
 const float* Tensor::f32() const { return const_cast<Tensor*>(this)->f32(); }
+
+std::uint16_t* Tensor::bf16() {
+  if (dtype_ != DType::BF16 || device_ != Device::CPU) throw Error("tensor " + name_ + " is not bf16 host memory");
+  return static_cast<std::uint16_t*>(data_);
+}
+
+const std::uint16_t* Tensor::bf16() const { return const_cast<Tensor*>(this)->bf16(); }
 
 Tensor Tensor::rows(std::int64_t count) const {
   if (shape_.empty() || count < 0 || count > shape_[0])

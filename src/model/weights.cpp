@@ -40,7 +40,7 @@ class Loader {
     Tensor host = Tensor::host_f32({shape[0], columns.count}, name);
     store_.read_columns_f32(name, shape, columns.first, columns.count, host.f32());
     parameters_ += static_cast<std::size_t>(host.numel());
-    return backend_.upload(std::move(host));
+    return backend_.upload_weight(std::move(host), store_.info(name).dtype);
   }
 
   struct Part {
@@ -69,6 +69,9 @@ class Loader {
       at += part.rows.count * row_size;
     }
     parameters_ += static_cast<std::size_t>(host.numel());
+    // Matrices (projections, the embedding, the LM head) may stay in the checkpoint's bf16 on the cpu
+    // backend (CpuWeights); norms and biases are uploaded as the activations are.
+    if (shape.size() == 2) return backend_.upload_weight(std::move(host), store_.info(parts.front().name).dtype);
     return backend_.upload(std::move(host));
   }
 

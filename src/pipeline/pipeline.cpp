@@ -236,7 +236,7 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
   Judge judge{config.judge, nullptr, nullptr, format};
   check_on_all_ranks(comm, [&] {
     check_run_dir_usable(config.run_dir);  // first: a run_dir that cannot be used is the cheapest thing to find
-    backend = make_training_backend(config.backend);  // every stage runs on it: answer, judge, train, eval
+    backend = make_training_backend(config.backend, config.cpu_weights);  // every stage runs on it: answer, judge, train, eval
     // Each tensor group shares one copy of the model (and of the judge model), a slice on each of its ranks.
     mesh_slot.emplace(make_mesh(comm, static_cast<int>(config.parallel.tensor)));
     const TensorParallel tp{mesh_slot->tensor_group.get(), mesh_slot->tensor_rank, mesh_slot->tensor};

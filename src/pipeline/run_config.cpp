@@ -143,6 +143,9 @@ const Fields<RunConfig>& fields() {
               true),
         field("backend", &D::backend, one_of({"auto", "cpu", "cuda"}),
               "where to compute, for every stage: cpu, cuda (one GPU per rank), or auto (cuda when a GPU is visible)"),
+        field("cpu_weights", &D::cpu_weights, one_of({"auto", "f32", "bf16"}),
+              "how the cpu backend holds weight matrices: auto (bf16 when the checkpoint stores bf16: exact, half "
+              "the bytes a decode step reads; else fp32), f32, or bf16 (rounds an fp32 checkpoint)"),
         field("threads", &D::threads, threads_rule(),
               "CPU threads per rank; null: the cores available, shared among the ranks on the node"),
         field("log_every_seconds", &D::log_every_seconds, int_at_least(1),
@@ -208,6 +211,7 @@ TrainConfig to_train_config(const RunConfig& config, const std::string& round_di
   out.model = config.model;
   out.run_dir = round_dir;
   out.backend = config.backend;
+  out.cpu_weights = config.cpu_weights;
   out.threads = config.threads;
   out.parallel = config.parallel;
   out.data.path.clear();  // the pipeline hands the selected examples to the trainer directly

@@ -329,7 +329,7 @@ BatchLoss LoraTrainingGraph::forward_backward(const PackedBatch& batch, float gr
 
 std::size_t LoraTrainingGraph::activation_bytes_per_token() const {
   const ModelConfig& c = model_.local_config();
-  const auto element = static_cast<std::int64_t>(dtype_size(model_.weights().embed_tokens.dtype()));
+  const auto element = static_cast<std::int64_t>(dtype_size(model_.weights().final_norm.dtype()));  // activations
   const std::int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
   std::int64_t lora = 0;
   for (std::size_t t = 0; t < kLoraTargetCount; ++t)

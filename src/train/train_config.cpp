@@ -61,6 +61,9 @@ const Fields<TrainConfig>& fields() {
               "output directory of the run: adapter/, checkpoints/, metrics.jsonl", true),
         field("backend", &D::backend, one_of({"auto", "cpu", "cuda"}),
               "where to compute, for every stage: cpu, cuda (one GPU per rank), or auto (cuda when a GPU is visible)"),
+        field("cpu_weights", &D::cpu_weights, one_of({"auto", "f32", "bf16"}),
+              "how the cpu backend holds weight matrices: auto (bf16 when the checkpoint stores bf16: exact, half "
+              "the bytes a decode step reads; else fp32), f32, or bf16 (rounds an fp32 checkpoint)"),
         field("threads", &D::threads, threads_rule(),
               "CPU threads per rank; null: the cores available, shared among the ranks on the node"),
         field("log_every_steps", &D::log_every_steps, yaml_schema::int_at_least(1),

@@ -491,7 +491,9 @@ std::int64_t training_steps(const TrainSettings& settings, std::int64_t examples
   return settings.epochs * per_epoch;
 }
 
-std::unique_ptr<Backend> make_training_backend(std::string_view name) { return make_backend(name); }
+std::unique_ptr<Backend> make_training_backend(std::string_view name, std::string_view cpu_weights) {
+  return make_backend(name, cpu_weights_from_name(cpu_weights));
+}
 
 TrainResult train_lora(const TrainConfig& config, Communicator& comm, const TrainRunOptions& options) {
   apply_thread_plan(plan_threads(config.threads));
@@ -505,7 +507,7 @@ TrainResult train_lora(const TrainConfig& config, Communicator& comm, const Trai
   ExampleStats stats;
   std::vector<TrainingExample> examples;
   check_on_all_ranks(comm, [&] {
-    backend = make_training_backend(config.backend);
+    backend = make_training_backend(config.backend, config.cpu_weights);
     // world = T x D: the model sharded over each tensor group, the micro-batches dealt over the data groups.
     mesh.emplace(make_mesh(comm, static_cast<int>(config.parallel.tensor)));
     model.emplace(Model::load(config.model, *backend,

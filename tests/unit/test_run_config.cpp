@@ -323,7 +323,7 @@ TEST(RunConfig, UnknownKeysNameTheKeyLineAndKnownKeys) {
   EXPECT_EQ(parse_error(kMinimal + "eval:\n  befor: true\n"),
             "run.yaml: unknown key \"eval.befor\" (line 6); known keys in eval: before, after, data");
   EXPECT_EQ(parse_error("model: m\nepochs: 3\n"),
-            "run.yaml: unknown key \"epochs\" (line 2); known top-level keys: model, run_dir, backend, threads, "
+            "run.yaml: unknown key \"epochs\" (line 2); known top-level keys: model, run_dir, backend, cpu_weights, threads, "
             "log_every_seconds, parallel, data, answer, judge, train_on, rounds, lora, optimizer, train, checkpoint, "
             "max_length, train_on_prompt, eval");
   EXPECT_EQ(parse_error(kMinimal + "judge:\n  kind: self\n  temperature: 0\n"),

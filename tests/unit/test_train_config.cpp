@@ -222,7 +222,7 @@ TEST(TrainConfig, UnknownKeysNameTheKeyLineAndKnownKeys) {
             "run.yaml: unknown key \"lora.rank\" (line 7); known keys in lora: r, alpha, dropout, use_rslora, "
             "target_modules");
   EXPECT_EQ(parse_error("model: m\nepoch: 3\n"),
-            "run.yaml: unknown key \"epoch\" (line 2); known top-level keys: model, run_dir, backend, threads, "
+            "run.yaml: unknown key \"epoch\" (line 2); known top-level keys: model, run_dir, backend, cpu_weights, threads, "
             "log_every_steps, parallel, data, lora, optimizer, train, checkpoint");
   EXPECT_EQ(parse_error(kMinimal + "train:\n  epochs: 2\n  batch: {size: 3}\n"),
             "run.yaml: unknown key \"train.batch\" (line 7); known keys in train: epochs, global_batch_size, "
@@ -400,7 +400,7 @@ TEST(TrainConfig, BadOverridesNameTheOverride) {
             "use_rslora, target_modules");
   EXPECT_EQ(parse_error(kMinimal, {"lorra.r=16"}),
             "run.yaml: unknown key \"lorra\" (--set lorra.r=16); known top-level keys: model, run_dir, backend, "
-            "threads, log_every_steps, parallel, data, lora, optimizer, train, checkpoint");
+            "cpu_weights, threads, log_every_steps, parallel, data, lora, optimizer, train, checkpoint");
   EXPECT_EQ(parse_error(kMinimal, {"lora.r"}), "run.yaml: --set \"lora.r\" must be KEY=VALUE, such as lora.r=16");
   EXPECT_EQ(parse_error(kMinimal, {"=3"}), "run.yaml: --set \"=3\" must be KEY=VALUE, such as lora.r=16");
   EXPECT_EQ(parse_error(kMinimal, {"lora=16"}),
