@@ -2,7 +2,7 @@
 // prefill tokens/s (a [batch x prompt_len] block, logits for the last position, as generation does) and
 // decode tokens/s (greedy steps through the KV cache). The same method as perf/peer_cpu_model.py, so the two
 // lines compare directly. Prints one JSON line, with the processor and the GEMM kernel in use (cpu_info), and
-// where the prefill's time goes: one more prefill with an observer that stamps the clock at each named
+// where the prefill's and a decode step's time goes: one more prefill and 8 steps with an observer that stamps the clock at each named
 // intermediate tensor, the time between two stamps summed by what ran between them (the q/k/v projection and
 // RoPE, the KV store and attention, o_proj with its residual and norm, the MLP with its residual and norm,
 // the LM head), beside the GFLOP/s of those GEMMs alone (cblas_sgemm at the same shapes).
@@ -83,20 +83,31 @@ int main(int argc, char** argv) {
       if (r > 0) prefill_best = std::min(prefill_best, seconds_since(start));
     }
 
-    // Where a prefill's time goes: the clock at each observed tensor, the gap charged to what produced it.
-    std::map<std::string, double> stage_seconds;
+    // Where a prefill's time goes, and a decode step's (the 8 steps after it, summed): the clock at each
+    // observed tensor, the gap charged to what produced it.
+    std::map<std::string, double> stage_seconds, decode_stage_seconds;
     {
+      std::map<std::string, double>* into = &stage_seconds;
       auto last = Clock::now();
       model.set_observer([&](const slearn::Tensor& t) {
         const auto now = Clock::now();
         std::string name = t.name();
         if (const auto dot = name.rfind('.'); name.rfind("layers.", 0) == 0 && dot != std::string::npos)
           name = name.substr(dot + 1);  // "layers.3.attn" -> "attn": summed over the layers
-        stage_seconds[name] += std::chrono::duration<double>(now - last).count();
+        (*into)[name] += std::chrono::duration<double>(now - last).count();
         last = Clock::now();  // the observer's own time is not charged
       });
       slearn::KVCache scratch = model.make_cache(batch, prompt_len + new_tokens);
       model.forward(prompt_ids, prefill_chunks, scratch, slearn::Model::Logits::LastOfEachChunk);
+      into = &decode_stage_seconds;
+      std::vector<slearn::TokenId> step_ids(static_cast<std::size_t>(batch), 1);
+      std::vector<slearn::SequenceChunk> step_chunks;
+      for (int step = 0; step < std::min(8, new_tokens); ++step) {
+        step_chunks.clear();
+        for (int b = 0; b < batch; ++b) step_chunks.push_back({b, prompt_len + step, 1});
+        last = Clock::now();
+        model.forward(step_ids, step_chunks, scratch, slearn::Model::Logits::LastOfEachChunk);
+      }
       model.set_observer({});
     }
     // The prefill's GEMMs alone, at its shapes: m = batch x prompt_len rows against each weight.
@@ -148,6 +159,7 @@ int main(int argc, char** argv) {
                         {"decode_tok_s", batch * new_tokens / decode_seconds},
                         {"parameters", model.parameter_count()},
                         {"prefill_stage_s", stage_seconds},
+                        {"decode_stage_s", decode_stage_seconds},
                         {"sgemm_gflop_s", gemms},
                         {"cpu", slearn::describe(slearn::cpu_info())}};
     std::cout << line.dump() << std::endl;
