@@ -133,7 +133,30 @@ void linear_skinny_bf16_avx512(const LinearParams& p) {
 // each (OpenBLAS runs on one thread inside an OpenMP parallel region): the widened rows are read back from
 // L2 instead of memory. Blocks of 8 MiB widened by all threads, then one threaded sgemm each, were 20%
 // slower (the widening then writes to memory and sgemm reads it back).
+// With many rows (m above kFewRows: a batched prefill), repacking x for every small block would cost more than
+// the widening saves: then all threads widen blocks of about 8 MiB in turn, each for one threaded sgemm.
+void linear_bf16_sgemm_many_rows(const LinearParams& p) {
+  constexpr std::int64_t kBlockBytes = std::int64_t{8} << 20;
+  const std::int64_t block = std::min(p.n, std::max<std::int64_t>(64, kBlockBytes / (4 * p.k)));
+  std::vector<float> widened(static_cast<std::size_t>(block * p.k));
+  for (std::int64_t n0 = 0; n0 < p.n; n0 += block) {
+    const std::int64_t rows = std::min(block, p.n - n0);
+    const std::uint16_t* source = p.w_bf16 + n0 * p.k;
+    const std::int64_t count = rows * p.k;
+#pragma omp parallel for simd schedule(static) if (count > (1 << 16))
+    for (std::int64_t i = 0; i < count; ++i) widened[static_cast<std::size_t>(i)] = widen(source[i]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(p.m), static_cast<blasint>(rows),
+                static_cast<blasint>(p.k), 1.0f, p.x, static_cast<blasint>(p.k), widened.data(),
+                static_cast<blasint>(p.k), p.beta, p.out + n0, static_cast<blasint>(p.n));
+  }
+}
+
 void linear_bf16_sgemm(const LinearParams& p) {
+  constexpr std::int64_t kFewRows = 256;
+  if (p.m > kFewRows) {
+    linear_bf16_sgemm_many_rows(p);
+    return;
+  }
   constexpr std::int64_t kBlockBytes = std::int64_t{1} << 20;
   const std::int64_t block = std::min(p.n, std::max<std::int64_t>(16, kBlockBytes / (4 * p.k)));
   const std::int64_t blocks = (p.n + block - 1) / block;

@@ -48,13 +48,13 @@ double worst_relative(const std::vector<float>& a, const std::vector<float>& b) 
   return diff / std::max(scale, 1e-30);
 }
 
-// Both paths of linear (skinny up to 8 rows, blocked sgemm above), with a bias, n not a multiple of the
-// 4-row blocks and k not a multiple of the 16-lane vectors.
+// Every path of linear (skinny up to 8 rows, per-thread blocks up to 256, shared blocks above), with a bias,
+// n not a multiple of the 4-row blocks and k not a multiple of the 16-lane vectors.
 TEST(CpuBf16Weights, LinearEqualsTheFp32WeightsOfTheSameValues) {
   const std::int64_t n = 1030, k = 277;
   const Bf16Values w = bf16_values(static_cast<std::size_t>(n * k), 7);
   const Bf16Values bias = bf16_values(static_cast<std::size_t>(n), 8);
-  for (const std::int64_t m : {1, 3, 8, 9, 40}) {
+  for (const std::int64_t m : {1, 3, 8, 9, 40, 300}) {  // 300: the many-rows path
     const Bf16Values x = bf16_values(static_cast<std::size_t>(m * k), 9 + static_cast<std::uint32_t>(m));
     std::vector<float> expected(static_cast<std::size_t>(m * n)), got(expected.size());
     slearn::cpu::linear({x.f32.data(), w.f32.data(), bias.f32.data(), expected.data(), m, n, k});
