@@ -348,11 +348,17 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
     comm.allreduce_sum(std::span<double>(loss_sum));  // a tensor group's ranks all hold the group's loss
     // Sharded: the replicated parts' gradients are partial sums over the tensor group, summed now (on a host
     // copy), and the norm counts each element of the whole adapter once.
-    std::vector<float> host_gradients;
+    // On the cpu backend the flat gradients are host fp32 already: summed where they lie, not copied.
+    std::vector<float> gradient_copy;
+    std::span<float> host_gradients;
     if (sharded) {
-      host_gradients = state.host_values(sum.gradients());
+      Tensor& flat = sum.gradients();
+      const bool on_host = flat.device() == Device::CPU && flat.dtype() == DType::F32;
+      if (!on_host) gradient_copy = state.host_values(flat);
+      host_gradients = on_host ? std::span<float>(flat.f32(), static_cast<std::size_t>(flat.numel()))
+                               : std::span<float>(gradient_copy);
       sharding->sum_replicated(host_gradients, *tp.group, kv_group.get());
-      backend.write(sum.gradients(), host_gradients);
+      if (!on_host) backend.write(flat, gradient_copy);
     }
 
     // Checked on the summed values, which every rank holds alike: all ranks take the same decision. Only
