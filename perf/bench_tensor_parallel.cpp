@@ -2,15 +2,16 @@
 // token (docs/performance.md, "Tensor parallelism: memory and communication"). Run under mpirun; the world is
 // one tensor group of T = world size ranks:
 //
-//   mpirun --oversubscribe -np T build/bin/bench_tensor_parallel --layers 2 [--dir DIR] [--keep]
+//   mpirun --oversubscribe -np T build/bin/bench_tensor_parallel --layers 2 [--shape NAME] [--dir DIR] [--keep]
 //
-// Rank 0 writes a random checkpoint of the Qwen2.5-7B shape (reference_shape("qwen2.5-7b")) cut to --layers
+// Rank 0 writes a random checkpoint of a real model's shape (reference_shape(--shape), default qwen2.5-7b;
+// qwen1.5-32b writes the shape configs/qwen1.5-32b-chat.yaml is for) cut to --layers
 // layers, bf16 safetensors and config.json, into a directory of its own that it removes at the end (unless
 // --keep): under DIR when given (DIR must exist; nothing in it but that directory is touched), else under the
 // system temp dir. --checkpoint reads an existing checkpoint instead (one kept before), never writing it.
 // The weights come from one pool of random bf16-exact values, each tensor a different window of it, so that
-// writing needs a buffer of the largest tensor (the embedding, 2.2 GB in fp32) rather than of the whole model:
-// the figures here are sizes and bytes, which the values do not change.
+// writing needs a buffer of the largest tensor (the embedding: 2.2 GB in fp32 at the 7B shape, 3.1 GB at
+// 32B) rather than of the whole model: the figures here are sizes and bytes, which the values do not change.
 //
 // Every rank loads its shard with Model::load(dir, cpu, TensorParallel{...}) through a CountingCommunicator
 // wrapped around the tensor group (so the model's sums over the group are counted), then reports:
@@ -240,10 +241,11 @@ class OwnedDirectory {
 int run(slearn::Communicator& world, int argc, char** argv) {
   CLI::App app{"Tensor-parallel CPU inference: memory per rank and communication per token (under mpirun)"};
   int layers = 2;
-  std::string parent, checkpoint;
+  std::string shape_name = "qwen2.5-7b", parent, checkpoint;
   bool keep = false;
   std::optional<int> threads;
-  app.add_option("--layers", layers, "layers of the Qwen2.5-7B shape to keep")->capture_default_str();
+  app.add_option("--layers", layers, "layers of the shape to keep")->capture_default_str();
+  app.add_option("--shape", shape_name, "qwen2.5-0.5b, qwen2.5-7b, qwen1.5-32b or qwen2.5-72b")->capture_default_str();
   app.add_option("--dir", parent, "an existing directory to write the checkpoint's own directory under "
                                   "(default: the system temp dir)");
   app.add_flag("--keep", keep, "keep the written checkpoint (its path is printed)");
@@ -259,7 +261,7 @@ int run(slearn::Communicator& world, int argc, char** argv) {
   const int tensor = world.size();
   const bool root = world.rank() == 0;
 
-  slearn::ModelConfig shape = slearn::reference_shape("qwen2.5-7b");
+  slearn::ModelConfig shape = slearn::reference_shape(shape_name);
   if (layers < 1 || layers > shape.num_hidden_layers)
     throw slearn::InputError("--layers must be 1 to " + std::to_string(shape.num_hidden_layers));
   shape.num_hidden_layers = layers;
@@ -276,7 +278,7 @@ int run(slearn::Communicator& world, int argc, char** argv) {
       const fs::path dir = base / ("slearn-bench-tp-" + std::to_string(::getpid()) + "-layers-" + std::to_string(layers));
       if (!fs::create_directory(dir)) throw slearn::InputError(dir.string() + ": exists already; not writing into it");
       owned.path = dir;
-      std::cout << "# writing a random Qwen2.5-7B-shape checkpoint (" << layers << " layers, bf16) to " << dir.string()
+      std::cout << "# writing a random " << shape_name << "-shape checkpoint (" << layers << " layers, bf16) to " << dir.string()
                 << std::endl;
       write_checkpoint(dir, shape);
       dir_text = dir.string();
@@ -374,7 +376,7 @@ int run(slearn::Communicator& world, int argc, char** argv) {
     const double whole_mib = static_cast<double>(whole_params) * 4 / kMiB;
     const std::int64_t embed = config.vocab_size * config.hidden_size;
     std::cout << "# bench_tensor_parallel: " << join_argv(argc, argv) << "\n"
-              << "# model: Qwen2.5-7B shape cut to " << config.num_hidden_layers << " layers (hidden "
+              << "# model: " << shape_name << " shape cut to " << config.num_hidden_layers << " layers (hidden "
               << config.hidden_size << ", " << config.num_attention_heads << " heads, " << config.num_key_value_heads
               << " kv heads, head_dim " << config.head_dim << ", intermediate " << config.intermediate_size
               << ", vocab " << config.vocab_size << ", untied), bf16 checkpoint " << dir.string() << "\n"
@@ -387,7 +389,7 @@ int run(slearn::Communicator& world, int argc, char** argv) {
               << " MiB fp32\n#\n"
               << "# RssAnon/RssFile/VmRSS: after the load; load_peak: the most seen during it (sampled every 5 ms; the\n"
               << "# loader unmaps the checkpoint when done, so its file pages show only then); VmHWM: the process's peak\n"
-              << "# RSS (rank 0's includes writing the checkpoint: a 2.2 GB fp32 buffer)\n#\n"
+              << "# RSS (rank 0's includes writing the checkpoint: the fp32 buffer of the largest tensor)\n#\n"
               << "#  T  rank        params  weight_MiB  of_whole  RssAnon_MiB  RssFile_MiB  VmRSS_MiB  "
                  "load_peak_RssAnon_MiB  load_peak_RssFile_MiB  VmHWM_MiB\n";
     for (int r = 0; r < tensor; ++r) {

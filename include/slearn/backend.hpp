@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "slearn/gradient_sum.hpp"
+#include "slearn/group_sum.hpp"
 #include "slearn/sampling.hpp"
 #include "slearn/tensor.hpp"
 
@@ -164,6 +165,9 @@ class Backend {
   // Collective: every rank of `comm` calls it (the cuda backend creates its NCCL communicator here).
   virtual std::unique_ptr<GradientSum> make_gradient_sum(Communicator& comm, std::int64_t elements,
                                                          const GradientSumOptions& options) = 0;
+  // The sum over a tensor group of a sharded model's partial results (slearn/group_sum.hpp). Collective: every
+  // rank of `group` calls it (the cuda backend creates its NCCL communicator here); `group` must outlive it.
+  virtual std::unique_ptr<GroupSum> make_group_sum(Communicator& group, double timeout_seconds) = 0;
 
   struct CrossEntropyResult {
     double loss_sum = 0;      // summed over rows with a target >= 0

@@ -31,6 +31,8 @@ struct LoraPair {
   Tensor b;  // [out_features, r]
 };
 
+class Model;
+
 class LoraAdapter {
  public:
   // PEFT's default initialisation from a seeded RNG: A Kaiming-uniform (bound 1/sqrt(in_features)), B zero.
@@ -39,6 +41,10 @@ class LoraAdapter {
   // Reads a PEFT adapter directory; the shapes must fit `config`. Unsupported PEFT options (DoRA, bias
   // training, per-layer rank patterns, fan_in_fan_out, ...) are InputErrors naming the key.
   static LoraAdapter load(const std::filesystem::path& dir, const ModelConfig& config, Backend& backend);
+  // The same for `model`, whole or sharded: an adapter is saved whole (PEFT's layout, whatever the tensor
+  // parallelism it was trained at); on a model sharded over a tensor group (Model::load with TensorParallel)
+  // the whole adapter is read on the host and this rank's share of it (src/train/adapter_shard.hpp) uploaded.
+  static LoraAdapter load_for(const Model& model, const std::filesystem::path& dir, Backend& backend);
   // Writes adapter_config.json and adapter_model.safetensors (fp32) atomically into `dir` from `values`: every
   // parameter's values in parameters() order, end to end (a trainer's fp32 master copy, whatever its backend
   // computes in; the pairs themselves may be a bf16 copy on a device).

@@ -48,6 +48,9 @@ class KVCache {
 struct TensorParallel {
   Communicator* group = nullptr;
   int rank = 0, size = 1;
+  // The longest a sum over the group may wait for its peers before the job ends with an error naming the
+  // rank (the cuda backend's NCCL sums; MPI has its own limits).
+  double timeout_seconds = 600;
 };
 
 // Called with each named intermediate tensor of a forward ("embed", "layers.0.attn", ..., "logits").
@@ -87,6 +90,12 @@ class Model {
   // The parameters this rank holds (all of them when not sharded; the tied LM head is not counted twice).
   std::size_t parameter_count() const;
   const TensorParallel& tensor_parallel() const;
+  // A sharded model's sum over its tensor group of a partial result (a row-parallel output, a column-parallel
+  // input gradient), in place, through the backend's GroupSum (slearn/group_sum.hpp); nothing when whole.
+  // Collective over the group. It may return before the sum is done: wait_for_tensor_group bounds the wait
+  // for all of them (forward_logits waits before it returns).
+  void sum_over_tensor_group(Tensor& partial);
+  void wait_for_tensor_group(const char* what);
   // The config as this rank's layers see it: its heads, kv heads and intermediate size (config() when not
   // sharded). vocab_size stays the whole vocabulary (token ids, the replicated embedding).
   const ModelConfig& local_config() const;

@@ -106,6 +106,7 @@ class CudaBackend final : public Backend {
   void adamw_update(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v, const AdamWScalars& s) override;
   std::unique_ptr<GradientSum> make_gradient_sum(Communicator& comm, std::int64_t elements,
                                                  const GradientSumOptions& options) override;
+  std::unique_ptr<GroupSum> make_group_sum(Communicator& group, double timeout_seconds) override;
   CrossEntropyResult cross_entropy(const Tensor& hidden, const Tensor& lm_head, std::span<const std::int32_t> targets,
                                    float grad_scale, Tensor* dhidden) override;
 

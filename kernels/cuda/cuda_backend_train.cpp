@@ -9,6 +9,10 @@
 #include "cuda/cuda_backend_impl.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/cuda_gradient_sum.hpp"
+#ifdef SLEARN_WITH_NCCL
+#include "cuda/cuda_group_sum.hpp"
+#endif
+#include "slearn/communicator.hpp"
 #include "slearn/dtype.hpp"
 #include "slearn/error.hpp"
 #include "util/trace.hpp"
@@ -96,6 +100,16 @@ void CudaBackend::adamw_update(Tensor& params, const Tensor& grads, Tensor& m, T
 std::unique_ptr<GradientSum> CudaBackend::make_gradient_sum(Communicator& comm, std::int64_t elements,
                                                             const GradientSumOptions& options) {
   return cuda::make_cuda_gradient_sum(context_, comm, elements, options);
+}
+
+std::unique_ptr<GroupSum> CudaBackend::make_group_sum(Communicator& group, double timeout_seconds) {
+  // One rank: Model never makes a group sum for a whole model, but a group of one needs no NCCL either.
+#ifdef SLEARN_WITH_NCCL
+  if (group.size() > 1) return cuda::make_nccl_group_sum(context_, group, timeout_seconds);
+#else
+  (void)timeout_seconds;
+#endif
+  return make_host_group_sum(*this, group);
 }
 
 }  // namespace slearn::cuda_backend

@@ -98,10 +98,13 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 void NcclCommunicator::allreduce_sum(float* device_buffer, std::size_t count, cudaStream_t stream) {
+  allreduce(device_buffer, count, ncclFloat, stream);
+}
+
+void NcclCommunicator::allreduce(void* device_buffer, std::size_t count, ncclDataType_t type, cudaStream_t stream) {
   if (failed_) fail("allreduce", "refused: the communicator was aborted after an earlier error");
   if (count == 0) return;
-  settle(ncclAllReduce(device_buffer, device_buffer, count, ncclFloat, ncclSum, comm_, stream),
-         "enqueueing an allreduce");
+  settle(ncclAllReduce(device_buffer, device_buffer, count, type, ncclSum, comm_, stream), "enqueueing an allreduce");
 }
 
 void NcclCommunicator::wait(cudaEvent_t done, const char* what) {

@@ -43,6 +43,8 @@ class NcclCommunicator {
   // every rank, in the same order, with the same count). Returns once the work is enqueued: its completion is
   // known only through an event recorded on `stream` afterwards and passed to wait().
   void allreduce_sum(float* device_buffer, std::size_t count, cudaStream_t stream);
+  // The same for `count` elements of `type` (ncclFloat, ncclBfloat16, ...), summed in that type.
+  void allreduce(void* device_buffer, std::size_t count, ncclDataType_t type, cudaStream_t stream);
 
   // Waits until `done` (an event recorded behind this communicator's work) has completed, polling it and
   // NCCL's asynchronous error state about every millisecond. Throws slearn::Error naming `what` when NCCL

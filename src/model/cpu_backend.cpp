@@ -316,6 +316,9 @@ class CpuBackend final : public Backend {
                                                  const GradientSumOptions& options) override {
     return make_host_gradient_sum(comm, elements, options);
   }
+  std::unique_ptr<GroupSum> make_group_sum(Communicator& group, double /*timeout_seconds*/) override {
+    return make_host_group_sum(*this, group);  // MPI has its own limits
+  }
 
   CrossEntropyResult cross_entropy(const Tensor& hidden, const Tensor& lm_head, std::span<const std::int32_t> targets,
                                    float grad_scale, Tensor* dhidden) override {

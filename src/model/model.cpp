@@ -20,10 +20,10 @@
 #include <optional>
 #include <string>
 
-#include "model/group_sum.hpp"
 #include "model/rope_table.hpp"
 #include "model/weights.hpp"
 #include "slearn/error.hpp"
+#include "slearn/group_sum.hpp"
 #include "slearn/lora.hpp"
 #include "slearn/mesh.hpp"
 #include "slearn/safetensors.hpp"
@@ -35,6 +35,7 @@ struct Model::Weights {
   ModelConfig config;
   ModelConfig local;  // the layer loop's sizes: config's own unless sharded (see local_config())
   TensorParallel tp;
+  std::unique_ptr<GroupSum> group_sum;  // sharded only: the sums of partial results over tp.group
   std::int64_t vocab_first = 0;  // the first id of this rank's LM head rows
   Backend* backend = nullptr;
   ModelWeights tensors;
@@ -53,7 +54,6 @@ struct Model::Workspace {
   Tensor logits_view;  // the rows of `logits` the last forward wrote
   Tensor lora_tmp;  // [tokens, r] for the adapter path
   std::int64_t logits_capacity = 0;
-  std::vector<float> reduce_host;  // the staging of a partial sum whose tensor is not host fp32
 };
 
 Model::Model() = default;
@@ -93,6 +93,7 @@ Model Model::load(const std::filesystem::path& dir, Backend& backend, const Tens
     w.local.num_key_value_heads = heads.kv_heads_per_rank;
     w.local.intermediate_size = shard->intermediate.count;
     w.vocab_first = shard->vocab.first;
+    w.group_sum = backend.make_group_sum(*tp.group, tp.timeout_seconds);
   }
   w.tensors = load_model_weights(WeightStore::open(dir), w.config, backend, shard ? &*shard : nullptr);
   w.inverse_frequencies = rope_inverse_frequencies(w.config);
@@ -233,16 +234,12 @@ class StepKey {
 
 }  // namespace
 
-void sum_over_group(Backend& backend, Communicator& group, Tensor& partial, std::vector<float>& staging) {
-  const auto count = static_cast<std::size_t>(partial.numel());
-  if (partial.device() == Device::CPU && partial.dtype() == DType::F32) {
-    group.allreduce_sum(std::span<float>(partial.f32(), count));
-    return;
-  }
-  staging.resize(count);
-  backend.to_host(partial, staging);
-  group.allreduce_sum(staging);
-  backend.write(partial, staging);
+void Model::sum_over_tensor_group(Tensor& partial) {
+  if (weights_->group_sum) weights_->group_sum->sum(partial);
+}
+
+void Model::wait_for_tensor_group(const char* what) {
+  if (weights_->group_sum) weights_->group_sum->wait(what);
 }
 
 const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<const SequenceChunk> chunks,
@@ -369,7 +366,7 @@ const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<c
       b.attention(q, cache.keys(l), cache.values(l), layout, scale, attn);
       observe(attn, name + ".attn");
       project(l, LoraTarget::OProj, attn.reshaped({n, heads * head_dim}), lw.o_proj, bias(lw.o_bias), proj);
-      if (tp.size > 1) sum_over_group(b, *tp.group, proj, ws.reduce_host);
+      if (tp.size > 1) weights_->group_sum->sum(proj);
       b.add_rms_norm(x, proj, lw.post_attention_norm, eps, normed);
       observe(x, name + ".attn_residual");
       if (adapted(l, {LoraTarget::GateProj, LoraTarget::UpProj})) {
@@ -381,7 +378,7 @@ const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<c
         b.swiglu_fused(gate_up, act);
       }
       project(l, LoraTarget::DownProj, act, lw.down_proj, nullptr, proj);
-      if (tp.size > 1) sum_over_group(b, *tp.group, proj, ws.reduce_host);
+      if (tp.size > 1) weights_->group_sum->sum(proj);
       // x += down, then the next layer's input norm (the final norm after the last layer) in one pass.
       b.add_rms_norm(x, proj, l + 1 < w.layers.size() ? w.layers[l + 1].input_norm : w.final_norm, eps, normed);
       observe(x, name + ".out");
@@ -398,7 +395,7 @@ const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<c
   };
   ws.logits_view = logits;
   // Only decode steps are recorded: their shapes repeat step after step; observers see every op run. A sharded
-  // model's step is never recorded: its sums over the group run on the host between the ops.
+  // model's step is never recorded: its sums over the group are collectives (host ones on cpu).
   if (single_tokens && !all && !weights_->observer && tp.size == 1) {
     StepKey key;
     key.add(static_cast<std::uint64_t>(n));
@@ -429,6 +426,7 @@ const Tensor& Model::forward_logits(std::span<const TokenId> tokens, std::span<c
   } else {
     layers();
   }
+  wait_for_tensor_group("the forward's sums over the tensor group");
   return ws.logits_view;
 }
 

@@ -21,7 +21,6 @@
 #include "slearn/sft_data.hpp"
 #include "slearn/threads.hpp"
 #include "slearn/trainer.hpp"
-#include "train/adapter_shard.hpp"
 #include "util/atomic_file.hpp"
 #include "util/run_dir.hpp"
 #include "util/trace.hpp"
@@ -201,20 +200,6 @@ std::string table(const PipelineSummary& s, const std::vector<StageTime>& stages
   return out.str();
 }
 
-// The adapter a round trained, as `model` takes it: whole, or this rank's share of it on a sharded model
-// (read whole on the host by every rank, sliced, then moved onto the backend).
-LoraAdapter load_adapter_for(const Model& model, const std::string& dir, Backend& backend) {
-  const TensorParallel& tp = model.tensor_parallel();
-  if (tp.size == 1) return LoraAdapter::load(dir, model.config(), backend);
-  const auto host = make_cpu_backend();
-  const LoraAdapter whole = LoraAdapter::load(dir, model.config(), *host);
-  LoraAdapter local = AdapterSharding(model.config(), whole, tp.size, tp.rank).slice(whole, model.local_config());
-  std::vector<Tensor> on_backend;
-  for (auto& p : local.parameters()) on_backend.push_back(backend.upload(*p.tensor));
-  local.bind_parameters(std::move(on_backend));
-  return local;
-}
-
 }  // namespace
 
 PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const PipelineOptions& options) {
@@ -351,7 +336,7 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
     summary.skipped_steps += trained.skipped_steps;
     seconds["train"] += std::chrono::duration<double>(Clock::now() - train_start).count();
     adapter_dir = (dir / "adapter").string();
-    adapter.emplace(load_adapter_for(model, adapter_dir, *backend));
+    adapter.emplace(LoraAdapter::load_for(model, adapter_dir, *backend));
     pending = wrong;
   }
   if (comm.rank() == 0 && !adapter_dir.empty() && fs::path(adapter_dir) != run_dir / "adapter") {

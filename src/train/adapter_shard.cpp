@@ -5,6 +5,7 @@
 #include <string>
 
 #include "slearn/error.hpp"
+#include "slearn/model.hpp"
 
 namespace slearn {
 
@@ -196,6 +197,18 @@ double AdapterSharding::norm_squares_counted(std::span<const float> gradients) c
 std::unique_ptr<Communicator> AdapterSharding::make_kv_group(Communicator& group) const {
   if (tensor_ == 1 || heads_.kv_replicas == 1) return nullptr;
   return group.split(static_cast<int>(rank_ / heads_.kv_replicas), rank_);
+}
+
+LoraAdapter LoraAdapter::load_for(const Model& model, const std::filesystem::path& dir, Backend& backend) {
+  const TensorParallel& tp = model.tensor_parallel();
+  if (tp.size == 1) return load(dir, model.config(), backend);
+  const auto host = make_cpu_backend();
+  const LoraAdapter whole = load(dir, model.config(), *host);
+  LoraAdapter local = AdapterSharding(model.config(), whole, tp.size, tp.rank).slice(whole, model.local_config());
+  std::vector<Tensor> on_backend;
+  for (auto& p : local.parameters()) on_backend.push_back(backend.upload(*p.tensor));
+  local.bind_parameters(std::move(on_backend));
+  return local;
 }
 
 }  // namespace slearn

@@ -21,7 +21,6 @@
 #include <string>
 
 #include "dist/vocab_parallel.hpp"
-#include "model/group_sum.hpp"
 #include "model/weights.hpp"
 #include "slearn/error.hpp"
 #include "train/adapter_shard.hpp"
@@ -71,12 +70,6 @@ Backend::DropoutMask input_mask(const Model& model, LoraTarget target, std::uint
   return Backend::DropoutMask(key, columns, width * tp.rank);  // the splits are even (check_tensor_parallel)
 }
 
-// In place: the sum over the tensor group of a partial result (nothing on an unsharded model).
-void sum_partial(Model& model, Tensor& partial, std::vector<float>& staging) {
-  const TensorParallel& tp = model.tensor_parallel();
-  if (tp.size > 1) sum_over_group(model.backend(), *tp.group, partial, staging);
-}
-
 // The vocabulary-parallel cross-entropy of `normed` against the rank's LM-head rows, in row chunks so no rank
 // holds more than a chunk of its slice's logits; `d_normed` receives this rank's partial input gradient.
 BatchLoss sharded_cross_entropy(Model& model, const Tensor& normed, std::span<const std::int32_t> targets,
@@ -88,6 +81,8 @@ BatchLoss sharded_cross_entropy(Model& model, const Tensor& normed, std::span<co
   const std::int64_t n = normed.dim(0);
   BatchLoss total;
   std::vector<float> logits_host, grad_host;
+  // The host reads the logits below: first a bounded wait for the forward's sums (a peer may be gone).
+  model.wait_for_tensor_group("the forward's sums over the tensor group");
   for (std::int64_t first = 0; first < n; first += kChunkRows) {
     const std::int64_t rows = std::min(kChunkRows, n - first);
     const Tensor h = normed.slice_rows(first, rows, "norm.chunk");
@@ -113,14 +108,14 @@ BatchLoss sharded_cross_entropy(Model& model, const Tensor& normed, std::span<co
 // The loss of the final hidden states and, with d_normed, its input gradient: the backend's fused kernel on
 // a whole model, the vocabulary-parallel one on a sharded model (its partial gradients summed here).
 BatchLoss head_cross_entropy(Model& model, const Tensor& normed, std::span<const std::int32_t> targets,
-                             float grad_scale, Tensor* d_normed, std::vector<float>& staging) {
+                             float grad_scale, Tensor* d_normed) {
   if (model.tensor_parallel().size == 1) {
     const Backend::CrossEntropyResult ce =
         model.backend().cross_entropy(normed, model.weights().lm_head, targets, grad_scale, d_normed);
     return {ce.loss_sum, ce.counted};
   }
   const BatchLoss loss = sharded_cross_entropy(model, normed, targets, grad_scale, d_normed);
-  if (d_normed != nullptr) sum_partial(model, *d_normed, staging);
+  if (d_normed != nullptr) model.sum_over_tensor_group(*d_normed);
   return loss;
 }
 
@@ -193,7 +188,7 @@ void LoraTrainingGraph::layer_forward(std::size_t l, const PackedBatch& batch, c
   b.attention_train(a.q, a.k, a.v, batch.seq_starts, 1.0f / std::sqrt(static_cast<float>(dim)), a.attn, a.lse);
   a.x_mid = b.zeros({n, hidden}, name + ".attn_residual");
   project(LoraTarget::OProj, a.attn.reshaped({n, heads * dim}), w.o_proj, bias_of(w.o_bias), a.x_mid);
-  sum_partial(model_, a.x_mid, staging_);
+  model_.sum_over_tensor_group(a.x_mid);
   b.add_inplace(a.x_mid, x_in);
   a.normed2 = b.zeros({n, hidden}, name + ".normed2");
   b.rms_norm(a.x_mid, w.post_attention_norm, eps, a.normed2);
@@ -204,7 +199,7 @@ void LoraTrainingGraph::layer_forward(std::size_t l, const PackedBatch& batch, c
   project(LoraTarget::UpProj, a.normed2, w.up_proj, nullptr, a.up);
   b.swiglu(a.gate, a.up, a.act);
   project(LoraTarget::DownProj, a.act, w.down_proj, nullptr, x_out);
-  sum_partial(model_, x_out, staging_);
+  model_.sum_over_tensor_group(x_out);
   b.add_inplace(x_out, a.x_mid);
 }
 
@@ -256,7 +251,7 @@ void LoraTrainingGraph::layer_backward(std::size_t l, const PackedBatch& batch, 
   Tensor d_normed = b.zeros({n, hidden}, "d_normed2");
   project_back(LoraTarget::GateProj, d_gate, a.normed2, w.gate_proj, 0.0f, d_normed);
   project_back(LoraTarget::UpProj, d_up, a.normed2, w.up_proj, 1.0f, d_normed);
-  sum_partial(model_, d_normed, staging_);  // gate and up are column-parallel: each rank's part of dx
+  model_.sum_over_tensor_group(d_normed);  // gate and up are column-parallel: each rank's part of dx
   Tensor d_mid = b.zeros({n, hidden}, "d_mid");
   b.rms_norm_backward(a.x_mid, w.post_attention_norm, d_normed, eps, d_mid);
   b.add_inplace(d_mid, d_out);
@@ -275,7 +270,7 @@ void LoraTrainingGraph::layer_backward(std::size_t l, const PackedBatch& batch, 
   project_back(LoraTarget::QProj, dq.reshaped({n, heads * dim}), a.normed1, w.q_proj, 0.0f, d_normed);
   project_back(LoraTarget::KProj, dk.reshaped({n, kv_heads * dim}), a.normed1, w.k_proj, 1.0f, d_normed);
   project_back(LoraTarget::VProj, dv.reshaped({n, kv_heads * dim}), a.normed1, w.v_proj, 1.0f, d_normed);
-  sum_partial(model_, d_normed, staging_);  // q, k and v are column-parallel too
+  model_.sum_over_tensor_group(d_normed);  // q, k and v are column-parallel too
   b.rms_norm_backward(x_in, w.input_norm, d_normed, eps, d_in);
   b.add_inplace(d_in, d_mid);
 }
@@ -309,7 +304,7 @@ BatchLoss LoraTrainingGraph::forward_backward(const PackedBatch& batch, float gr
   Tensor normed = b.zeros({n, hidden}, "norm");
   b.rms_norm(xs[layers], w.final_norm, eps, normed);
   Tensor d_normed = b.zeros({n, hidden}, "d_norm");
-  const BatchLoss ce = head_cross_entropy(model_, normed, batch.targets, grad_scale, &d_normed, staging_);
+  const BatchLoss ce = head_cross_entropy(model_, normed, batch.targets, grad_scale, &d_normed);
   activation_bytes_ = kept_bytes + normed.bytes();
 
   Tensor d_x = b.zeros({n, hidden}, "d_x");
@@ -324,6 +319,7 @@ BatchLoss LoraTrainingGraph::forward_backward(const PackedBatch& batch, float gr
     std::swap(d_x, d_prev);
     if (!recompute_) acts = LayerActivations{};  // free as we go
   }
+  model_.wait_for_tensor_group("the backward's sums over the tensor group");
   return {ce.loss_sum, ce.counted};
 }
 
@@ -361,7 +357,7 @@ BatchLoss LoraTrainingGraph::loss(const PackedBatch& batch) {
   }
   Tensor normed = b.zeros({n, c.hidden_size}, "norm");
   b.rms_norm(x, w.final_norm, static_cast<float>(c.rms_norm_eps), normed);
-  return head_cross_entropy(model_, normed, batch.targets, 1.0f, nullptr, staging_);
+  return head_cross_entropy(model_, normed, batch.targets, 1.0f, nullptr);
 }
 
 }  // namespace slearn

@@ -66,7 +66,6 @@ class LoraTrainingGraph {
   LoraAdapter& adapter_;
   bool recompute_;
   std::size_t activation_bytes_ = 0;
-  std::vector<float> staging_;  // host copy of a partial sum over the tensor group, when not host fp32
   // gradient index of each (layer, target)'s A; B follows it. -1 when the projection has no adapter.
   std::vector<std::array<std::int64_t, kLoraTargetCount>> gradient_index_;
 };

@@ -7,7 +7,8 @@
 // With NCCL in the build, the NcclCommunicator (kernels/cuda/nccl_communicator.cpp) in one process too: a
 // one-rank communicator's allreduce and bounded wait; and, through a fake Communicator that plays rank 1 of
 // 2, the error rank 0 broadcasts in place of the id, a malformed id, and an initialisation whose peer never
-// comes, which must end in an Error after the timeout instead of hanging.
+// comes, which must end in an Error after the timeout instead of hanging. And the NCCL group sum of a sharded
+// model (cuda_group_sum.cpp) over one rank.
 #include <cuda_runtime_api.h>
 
 #include <chrono>
@@ -25,9 +26,11 @@
 #ifdef SLEARN_WITH_NCCL
 #include <nccl.h>
 
+#include "cuda/cuda_group_sum.hpp"
 #include "cuda/nccl_communicator.hpp"
 #endif
 #include "slearn/communicator.hpp"
+#include "slearn/dtype.hpp"
 #include "slearn/error.hpp"
 #include "slearn/gradient_sum.hpp"
 
@@ -190,6 +193,41 @@ TEST(NcclCommunicator, OneRankSumsAndWaits) {
   nccl.wait(done, "the test's allreduce");
   CUDA_CHECK(cudaEventDestroy(done));
   EXPECT_EQ(read_buffer(*context, t), values) << "a sum over one rank";
+}
+
+// The NCCL group sum of a sharded model (cuda_group_sum.cpp) over one rank: fp32 and bf16 tensors keep their
+// values (bf16-exact inputs), wait() returns, and a host tensor or another dtype is refused by name.
+TEST(NcclGroupSum, OneRankKeepsFp32AndBf16ValuesAndRefusesOthers) {
+  SLEARN_REQUIRE_GPU(backend);
+  const auto context = current_device_context();
+  const auto comm = make_single_process_communicator();
+  auto sum = cuda::make_nccl_group_sum(context, *comm, 30.0);
+  constexpr std::int64_t kElements = 2053;
+  const std::vector<float> values = gpu_testing::random_bf16(kElements, 4.0f, 11u);
+
+  std::shared_ptr<void> f32_memory = cuda::device_alloc(context, kElements * sizeof(float), "group sum fp32");
+  Tensor f32(f32_memory, f32_memory.get(), DType::F32, Device::CUDA, {kElements}, "partial.f32");
+  write_buffer(*context, f32, values);
+  sum->sum(f32);
+  sum->wait("the test's fp32 sum");
+  EXPECT_EQ(read_buffer(*context, f32), values);
+
+  std::vector<std::uint16_t> bits(values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) bits[i] = f32_to_bf16(values[i]);
+  std::shared_ptr<void> bf16_memory = cuda::device_alloc(context, kElements * 2, "group sum bf16");
+  Tensor bf16(bf16_memory, bf16_memory.get(), DType::BF16, Device::CUDA, {kElements}, "partial.bf16");
+  CUDA_CHECK(cudaMemcpyAsync(bf16.data(), bits.data(), bits.size() * 2, cudaMemcpyHostToDevice, context->stream()));
+  sum->sum(bf16);
+  sum->sum(bf16);  // two in a row, one wait for both
+  sum->wait("the test's bf16 sums");
+  std::vector<std::uint16_t> back(bits.size());
+  CUDA_CHECK(cudaMemcpyAsync(back.data(), bf16.data(), back.size() * 2, cudaMemcpyDeviceToHost, context->stream()));
+  CUDA_CHECK(cudaStreamSynchronize(context->stream()));
+  EXPECT_EQ(back, bits);
+  sum->wait("nothing pending");  // returns at once
+
+  Tensor host = Tensor::host_f32({4}, "host.partial");
+  EXPECT_NE(error_text([&] { sum->sum(host); }).find("'host.partial' is not a device tensor"), std::string::npos);
 }
 
 TEST(NcclCommunicator, RankZerosErrorReachesEveryRank) {

@@ -155,6 +155,9 @@ class Bf16ActivationsBackend final : public Backend {
                                                  const GradientSumOptions& options) override {
     return cpu_->make_gradient_sum(comm, elements, options);
   }
+  std::unique_ptr<GroupSum> make_group_sum(Communicator& group, double timeout_seconds) override {
+    return cpu_->make_group_sum(group, timeout_seconds);
+  }
 
  private:
   void round(Tensor& t) {

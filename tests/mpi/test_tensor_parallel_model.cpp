@@ -17,6 +17,8 @@
 #include <unistd.h>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "dist/vocab_parallel.hpp"
 #include "model/weights.hpp"
 #include "mpi_test_env.hpp"
@@ -24,6 +26,7 @@
 #include "slearn/communicator.hpp"
 #include "slearn/error.hpp"
 #include "slearn/generate.hpp"
+#include "slearn/lora.hpp"
 #include "slearn/mesh.hpp"
 #include "slearn/model.hpp"
 #include "slearn/model_config.hpp"
@@ -253,6 +256,48 @@ TEST(TensorParallelModel, RandomLlamaWithOutputBias) {
 
   check_model(dir);
   fs::remove_all(dir);
+}
+
+// The adapter that configs/train-tiny.yaml trained at T = 2 (tests/fixtures/lora/qwen2-gqa-tied/
+// slearn_adapter_tp2, saved whole) on the model sharded at every T that divides the world (each rank takes
+// its share in set_adapter): the logits of each prompt are PEFT's (check_slearn_adapter.py --write-expect).
+TEST(TensorParallelModel, AdapterTrainedShardedGivesPeftsLogitsAtEveryT) {
+  const fs::path lora = "tests/fixtures/lora/qwen2-gqa-tied";
+  std::vector<std::vector<TokenId>> ids;
+  std::vector<std::vector<float>> want;
+  std::ifstream in(lora / "slearn_adapter_tp2_peft_logits.jsonl");
+  ASSERT_TRUE(in) << "fixture missing";  // on every rank alike: before any collective
+  for (std::string line; std::getline(in, line);) {
+    const auto json = nlohmann::json::parse(line);
+    ids.push_back(json.at("prompt_ids").get<std::vector<TokenId>>());
+    std::vector<float> rows;
+    for (const auto& row : json.at("logits")) {
+      const auto values = row.get<std::vector<float>>();
+      rows.insert(rows.end(), values.begin(), values.end());
+    }
+    want.push_back(std::move(rows));
+  }
+  ASSERT_EQ(ids.size(), 2u);
+  auto backend = make_cpu_backend();
+  for (int tensor : {1, 2, 4}) {
+    if (world().size() % tensor != 0) continue;
+    SCOPED_TRACE("T = " + std::to_string(tensor));
+    const Mesh mesh = make_mesh(world(), tensor);
+    Model model = Model::load(fixture("qwen2-gqa-tied"), *backend,
+                              TensorParallel{mesh.tensor_group.get(), mesh.tensor_rank, mesh.tensor});
+    const LoraAdapter adapter = LoraAdapter::load_for(model, lora / "slearn_adapter_tp2", *backend);
+    model.set_adapter(&adapter);
+    for (std::size_t p = 0; p < ids.size(); ++p) {
+      KVCache cache = model.make_cache(1, static_cast<std::int32_t>(ids[p].size()));
+      const SequenceChunk chunk{0, 0, static_cast<std::int32_t>(ids[p].size())};
+      const std::vector<float> logits = model.forward(ids[p], std::span(&chunk, 1), cache, Model::Logits::AllTokens);
+      EXPECT_EQ(logits.size(), want[p].size());  // the same on every rank: no ASSERT amid collectives
+      double worst = 0;
+      for (std::size_t i = 0; i < std::min(logits.size(), want[p].size()); ++i)
+        worst = std::max(worst, std::abs(static_cast<double>(logits[i]) - want[p][i]));
+      EXPECT_LE(worst, 1e-4) << "prompt " << p;
+    }
+  }
 }
 
 }  // namespace

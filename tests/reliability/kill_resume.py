@@ -6,7 +6,10 @@ every output byte for byte equal to an uninterrupted run's (metrics.jsonl and su
 fields; rank shards, progress files and run.lock left out). Between the kill and the resume, every whole-file
 output that is present must already be complete (equal to the reference's).
 
-usage: kill_resume.py [BINARY [SEED [KILLS]]]   (defaults: build/bin/slearn_dist, 20261202, 20)"""
+With TENSOR 2 the two ranks are one tensor group (parallel.tensor=2: each holds half of every layer and of the
+LoRA adapter, and they sample, judge and train together): the same kills, the same byte-for-byte resume.
+
+usage: kill_resume.py [BINARY [SEED [KILLS [TENSOR]]]]   (defaults: build/bin/slearn_dist, 20261202, 20, 1)"""
 import collections
 import json
 import os
@@ -21,8 +24,10 @@ from common import (BINARY, ORDER, STAGES, Job, wait_binary_stable, check, diffe
 
 SEED = int(sys.argv[2]) if len(sys.argv) > 2 else 20261202
 KILLS = int(sys.argv[3]) if len(sys.argv) > 3 else 20
+TENSOR = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 rng = random.Random(SEED)
-print(f"seed {SEED}, {KILLS} kill points (run again with: python3 {sys.argv[0]} BINARY {SEED} {KILLS})", flush=True)
+print(f"seed {SEED}, {KILLS} kill points, tensor parallel {TENSOR} (run again with: python3 {sys.argv[0]} BINARY "
+      f"{SEED} {KILLS} {TENSOR})", flush=True)
 require_binary()
 
 work = workdir("slearn-kill-resume-")
@@ -30,7 +35,8 @@ data = os.path.join(work, "data.jsonl")
 tiny_data(data, 2)  # 32 records
 run_dir = os.path.join(work, "run")
 ref_dir = os.path.join(work, "reference")
-cmd = tiny_self_command(run_dir, data, eval_records=8)
+cmd = tiny_self_command(run_dir, data, eval_records=8,
+                        extra=("--set", f"parallel.tensor={TENSOR}") if TENSOR > 1 else ())
 print("command:", " ".join(cmd), flush=True)
 
 # Whole files written atomically: after a kill each is absent or complete (docs/stopping.md).

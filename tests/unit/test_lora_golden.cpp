@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <string>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -187,15 +189,16 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, LoraGolden, ::testing::Values("qwen2-gqa-tied
 
 namespace {
 
-// The other direction: an adapter written by slearn (configs/train-tiny.yaml), loaded by PEFT, gives the
-// logits PEFT computed (tests/fixtures/check_slearn_adapter.py --write-expect); slearn must give the same.
-TEST(LoraInterop, AdapterWrittenBySlearnGivesPeftsLogits) {
+// The other direction: an adapter written by slearn, loaded by PEFT, gives the logits PEFT computed
+// (tests/fixtures/check_slearn_adapter.py --write-expect); slearn must give the same. Returns the worst
+// absolute difference over the prompts of `logits_file`, and their count.
+std::pair<double, int> worst_against_peft(const std::string& adapter_dir, const std::string& logits_file) {
   const fs::path dir = slearn::testing::fixtures_dir() / "lora" / "qwen2-gqa-tied";
-  std::ifstream in(dir / "slearn_adapter_peft_logits.jsonl");
-  ASSERT_TRUE(in) << "fixture missing";
+  std::ifstream in(dir / logits_file);
+  EXPECT_TRUE(in) << "fixture missing: " << logits_file;
   auto backend = slearn::make_cpu_backend();
   slearn::Model model = slearn::Model::load(slearn::testing::fixtures_dir() / "models" / "qwen2-gqa-tied", *backend);
-  const auto adapter = slearn::LoraAdapter::load(dir / "slearn_adapter", model.config(), *backend);
+  const auto adapter = slearn::LoraAdapter::load(dir / adapter_dir, model.config(), *backend);
   model.set_adapter(&adapter);
   double worst = 0;
   int prompts = 0;
@@ -210,6 +213,20 @@ TEST(LoraInterop, AdapterWrittenBySlearnGivesPeftsLogits) {
     for (std::size_t t = 0; t < want.size(); ++t)
       for (std::size_t j = 0; j < vocab; ++j) worst = std::max(worst, std::abs(double(logits[t * vocab + j]) - want[t][j]));
   }
+  return {worst, prompts};
+}
+
+// configs/train-tiny.yaml on one rank.
+TEST(LoraInterop, AdapterWrittenBySlearnGivesPeftsLogits) {
+  const auto [worst, prompts] = worst_against_peft("slearn_adapter", "slearn_adapter_peft_logits.jsonl");
+  EXPECT_EQ(prompts, 2);
+  EXPECT_LE(worst, 1e-4);
+}
+
+// The same configuration trained at tensor parallel 2 (mpirun -np 2 ... --tensor-parallel 2): the adapter each
+// rank held half of is saved whole, in PEFT's layout, and loads in PEFT and in an unsharded slearn alike.
+TEST(LoraInterop, TensorParallelAdapterWrittenBySlearnGivesPeftsLogits) {
+  const auto [worst, prompts] = worst_against_peft("slearn_adapter_tp2", "slearn_adapter_tp2_peft_logits.jsonl");
   EXPECT_EQ(prompts, 2);
   EXPECT_LE(worst, 1e-4);
 }
