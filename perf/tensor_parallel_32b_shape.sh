@@ -34,8 +34,17 @@ model="$(sed -n 's/^# writing a random .* to \(.*\)$/\1/p' "$work/bench.txt")"
 [ -d "$model" ] || { echo "tensor_parallel_32b_shape.sh: no checkpoint written" >&2; exit 1; }
 cp "$root/../shared/data/qwen-tokenizer/tokenizer.json" "$root/../shared/data/qwen-tokenizer/tokenizer_config.json" "$model/"
 
-head -n 8 "$root/../shared/data/datasets/medquad-en.jsonl" >"$work/data.jsonl"
-tail -n 4 "$root/../shared/data/datasets/medquad-en.jsonl" >"$work/eval.jsonl"
+# 8 records to answer and train on, 4 held out (MedQuAD repeats some ids: each record gets its own here).
+python3 - "$root/../shared/data/datasets/medquad-en.jsonl" "$work" <<'PY'
+import json, sys
+lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+for name, part in (("data", lines[:8]), ("eval", lines[-4:])):
+    with open(f"{sys.argv[2]}/{name}.jsonl", "w", encoding="utf-8") as out:
+        for i, line in enumerate(part):
+            record = json.loads(line)
+            out.write(json.dumps({"id": f"{name}-{i}", "question": record["question"], "answer": record["answer"]},
+                                 ensure_ascii=False) + "\n")
+PY
 start=$(date +%s)
 mpirun --oversubscribe -np 4 "$bin/slearn_dist" run --config "$root/configs/qwen1.5-32b-chat.yaml" \
   --set model="$model" --set run_dir="$work/run" --set data.path="$work/data.jsonl" \

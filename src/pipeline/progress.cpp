@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <fstream>
 
+#include "util/terminal.hpp"
+
 namespace slearn {
 
 namespace fs = std::filesystem;
@@ -12,7 +14,7 @@ namespace fs = std::filesystem;
 StageProgress::StageProgress(const fs::path& dir, std::string stage, std::int64_t total, Communicator& comm,
                              double every_seconds, bool enabled, bool counted)
     : dir_(dir), stage_(std::move(stage)), total_(total), comm_(comm), every_seconds_(every_seconds),
-      enabled_(enabled && counted), terminal_(enabled_ && comm.rank() == 0 && isatty(STDOUT_FILENO)),
+      enabled_(enabled && counted), terminal_(enabled_ && comm.rank() == 0 && writes_to_terminal(STDOUT_FILENO)),
       counted_(counted),
       start_(std::chrono::steady_clock::now()), last_write_(start_), last_report_(start_) {
   fs::create_directories(dir_);

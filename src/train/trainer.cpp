@@ -30,6 +30,7 @@
 #include "train/optimizer.hpp"
 #include "util/atomic_file.hpp"
 #include "util/run_dir.hpp"
+#include "util/terminal.hpp"
 
 namespace slearn {
 namespace {
@@ -269,7 +270,7 @@ TrainResult train_lora_on_examples(Model& model, const std::vector<TrainingExamp
 
   std::ofstream metrics;
   if (leader) metrics.open(metrics_path, std::ios::app);
-  const bool terminal = options.show_progress && leader && isatty(STDERR_FILENO);
+  const bool terminal = options.show_progress && leader && writes_to_terminal(STDERR_FILENO);
   const auto start = Clock::now();
   std::int64_t tokens_done = 0;
   // Saved before a stop (on request or for a non-finite value): the steps done, unless a checkpoint of them

@@ -1,5 +1,6 @@
-"""slearn_dist run under mpirun: the same selection, adapter and counts for -np 1, 2 and 4; and SIGKILL at
-several points, then the same command again, ends with the outputs of an uninterrupted run."""
+"""slearn_dist run under mpirun: the same selection, adapter and counts for -np 1, 2 and 4; progress into a pipe
+in plain lines; and SIGKILL at several points, then the same command again, ends with the outputs of an
+uninterrupted run."""
 import json
 import os
 import shutil
@@ -51,6 +52,16 @@ if all(os.path.exists(os.path.join(d, "summary.json")) for d in runs.values()):
         check(a.keys() == b.keys() and worst <= 1e-5, f"adapter -np {np} within 1e-5 of -np 1 (max diff {worst:.2e})")
     for key in ("answer", "judge", "train", "eval"):
         check(key in summaries[2]["stages"] and "device_hours" in summaries[2]["stages"][key], f"stage {key} timed")
+
+# Progress into a pipe (as into a Slurm log): plain lines, never carriage-return redraws, although mpirun hands
+# each rank a pseudo-terminal for its output (src/util/terminal.hpp).
+loud_dir = os.path.join(work, "progress")
+loud = subprocess.run([a for a in command(2, loud_dir) if a != "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                      timeout=600)
+check(loud.returncode == 0, f"-np 2 with progress finishes ({(loud.stdout + loud.stderr)[-300:]})")
+check("\r" not in loud.stdout + loud.stderr, "progress into a pipe under mpirun has no carriage returns")
+check("answer: " in loud.stdout and "(done)" in loud.stdout, "the answer stage's progress is a plain line")
+check("slearn_dist train: step" in loud.stderr, "the trainer's progress is a plain line")
 
 # Kill at several points: as soon as each of these files appears, SIGKILL the whole job, then run again.
 kill_points = ["answers.rank-0.jsonl", "judgements.rank-1.jsonl", "checkpoints/latest", "eval-after"]
