@@ -268,9 +268,18 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, const M
                                              {"verdict", incorrect ? "incorrect" : "correct"},
                                              {"incorrect", incorrect},
                                              {"rationale", parsed.ok ? parsed.rationale : reply},
+                                             {"reply", reply},
                                              {"judged_by", judge.settings.kind == "self" ? "self" : "model"},
                                              {"parse_ok", parsed.ok}};
                          if (!parsed.ok) line["parse_problem"] = parsed.problem;
+                         // The rule's verdict beside the model's, where the rule can decide (judge quality).
+                         // A cascade sends the model only what its rule cannot decide: nothing to compare.
+                         if (judge.settings.kind != "cascade") {
+                           const auto rule = rule_judge(judge.settings, records[i].answer,
+                                                        answers.at(records[i].id).at("answer").get<std::string>());
+                           line["rule_verdict"] = rule ? nlohmann::json(rule->incorrect ? "incorrect" : "correct")
+                                                       : nlohmann::json();
+                         }
                          if (writer) writer->append(line);
                        });
     }
@@ -282,7 +291,9 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, const M
   // ---- gather: every rank contributes the indices of its own incorrect records ----
   const auto judgements = read_stage_shards(dir, "judgements");
   std::vector<std::int64_t> mine;
-  std::vector<std::int64_t> counts(3, 0);  // unparsed, by rule, by model
+  // unparsed, by rule, by model; then the judge quality: compared, agree, false positive, false negative,
+  // rule correct, rule incorrect, unparseable among the compared
+  std::vector<std::int64_t> counts(10, 0);
   for (std::size_t i = 0; i < records.size() && writer_rank; ++i) {
     if (owner[i] != rank) continue;
     const auto it = judgements.find(records[i].id);
@@ -292,6 +303,18 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, const M
     counts[0] += !it->second.at("parse_ok").get<bool>() && !by.starts_with("rule");
     counts[1] += by.starts_with("rule");
     counts[2] += !by.starts_with("rule");
+    const auto rule = it->second.find("rule_verdict");
+    if (rule != it->second.end() && rule->is_string()) {
+      const bool model_incorrect = it->second.at("incorrect").get<bool>();
+      const bool rule_incorrect = rule->get<std::string>() == "incorrect";
+      counts[3] += 1;
+      counts[4] += model_incorrect == rule_incorrect;
+      counts[5] += model_incorrect && !rule_incorrect;
+      counts[6] += !model_incorrect && rule_incorrect;
+      counts[7] += !rule_incorrect;
+      counts[8] += rule_incorrect;
+      counts[9] += !it->second.at("parse_ok").get<bool>();
+    }
   }
   const std::vector<std::int64_t> all = comm.allgather(mine);
   comm.allreduce_sum(std::span<std::int64_t>(counts));
@@ -301,6 +324,7 @@ PassResult answer_and_judge(const RunConfig& config, Communicator& comm, const M
   result.unparsed = counts[0];
   result.judged_by_rule = counts[1];
   result.judged_by_model = counts[2];
+  result.quality = {counts[3], counts[4], counts[5], counts[6], counts[7], counts[8], counts[9]};
 
   // ---- rank 0 merges the shards, in input order ----
   if (rank == 0) {

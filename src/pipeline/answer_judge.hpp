@@ -10,6 +10,7 @@
 #include "slearn/communicator.hpp"
 #include "slearn/dataset.hpp"
 #include "slearn/mesh.hpp"
+#include "slearn/pipeline.hpp"
 #include "slearn/model.hpp"
 #include "slearn/run_config.hpp"
 #include "slearn/tokenizer.hpp"
@@ -28,6 +29,7 @@ struct PassResult {
   std::int64_t incorrect_count = 0;
   std::int64_t unparsed = 0;       // judge replies without a verdict (counted as incorrect)
   std::int64_t judged_by_rule = 0, judged_by_model = 0;
+  JudgeQuality quality;  // the model judge against the rule, where the rule could decide too (kinds self, model)
   double answer_seconds = 0, judge_seconds = 0;
 };
 

@@ -164,6 +164,22 @@ std::vector<QaRecord> qa_records(const std::vector<DatasetRecord>& records) {
   return out;
 }
 
+// summary.json's judge_quality: null when no record was graded by the model and the rule both.
+nlohmann::json judge_quality_json(const JudgeQuality& q, const JudgeSettings& settings) {
+  if (q.compared == 0) return nullptr;
+  return {{"rule", settings.rule},
+          {"compared", q.compared},
+          {"agree", q.agree},
+          {"agreement", q.agreement()},
+          {"false_positive", q.false_positive},
+          {"false_negative", q.false_negative},
+          {"rule_correct", q.rule_correct},
+          {"rule_incorrect", q.rule_incorrect},
+          {"false_positive_rate", q.false_positive_rate()},
+          {"false_negative_rate", q.false_negative_rate()},
+          {"unparseable", q.unparseable}};
+}
+
 std::string table(const PipelineSummary& s, const std::vector<StageTime>& stages) {
   std::ostringstream out;
   char line[160];
@@ -190,6 +206,16 @@ std::string table(const PipelineSummary& s, const std::vector<StageTime>& stages
   for (const auto& st : stages) {
     std::snprintf(line, sizeof line, "%-22s %10.2f s %10.5f %s\n", ("time: " + st.stage).c_str(), st.seconds,
                   st.device_hours, unit);
+    out << line;
+  }
+  const JudgeQuality& q = s.judge_quality;
+  if (q.compared > 0) {
+    std::snprintf(line, sizeof line, "%-22s %11.1f%% (%lld of %lld the rule graded too)\n", "judge agrees w/ rule",
+                  100.0 * q.agreement(), static_cast<long long>(q.agree), static_cast<long long>(q.compared));
+    out << line;
+    std::snprintf(line, sizeof line, "%-22s %5.1f%% / %.1f%%, %lld unparseable\n", "judge false pos/neg",
+                  100.0 * q.false_positive_rate(), 100.0 * q.false_negative_rate(),
+                  static_cast<long long>(q.unparseable));
     out << line;
   }
   auto pct = [](std::optional<double> v) { return v ? std::to_string(100.0 * *v).substr(0, 5) + "%" : std::string("-"); };
@@ -300,6 +326,8 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
     for (std::size_t i = 0; i < pending.size(); ++i)
       if (pass.incorrect[i]) wrong.push_back(pending[i]);
     if (round == 1) {
+      summary.judge_quality = pass.quality;
+      summary.unparseable_replies = pass.unparsed;
       summary.incorrect = static_cast<std::int64_t>(wrong.size());
       summary.incorrect_rate = static_cast<double>(wrong.size()) / static_cast<double>(std::max<std::size_t>(1, pending.size()));
     }
@@ -371,7 +399,9 @@ PipelineSummary run_pipeline(const RunConfig& config, Communicator& comm, const 
                         {"stages", stages},
                         {"accuracy_before", optional_number(summary.accuracy_before)},
                         {"accuracy_after", optional_number(summary.accuracy_after)},
-                        {"eval_records", eval ? static_cast<std::int64_t>(eval->records.size()) : 0}};
+                        {"eval_records", eval ? static_cast<std::int64_t>(eval->records.size()) : 0},
+                        {"unparseable_judge_replies", summary.unparseable_replies},
+                        {"judge_quality", judge_quality_json(summary.judge_quality, config.judge)}};
     write_file_atomically(run_dir / "summary.json", json.dump(2) + "\n");
     std::printf("%s", table(summary, summary.stages).c_str());
     std::fflush(stdout);
