@@ -49,6 +49,8 @@
 #   peer-decode                35   transformers generate, batch 1 at 0.5B and 7B, dynamic cache
 #   peer-generate-dynamic      50   transformers generate, 7B, 64 and 256 sequences, dynamic cache
 #   peer-generate-static       55   the same with cache_implementation="static" (compiles on its warm-up call)
+#   tensor-parallel-2          40   only with 2 GPUs and mpirun (else skipped at once, so the 480 above hold): the demo
+#                                   at parallel.tensor 2 over NCCL beside one GPU, same selection, accuracy within 1 point
 #   report                     10   report.md, report.json (always runs, also after --steps)
 #
 # Statuses: ok, failed, skipped (with the reason), noted (compute-sanitizer refused the device: not a failure).
@@ -100,10 +102,10 @@ BIN="$(cd "$BIN" 2>/dev/null && pwd)" ||
   { echo "check.sh: no program folder $BIN (build first, or --bin/--bundle)" >&2; exit 2; }
 
 STEPS=(env gpu-tests memcheck racecheck ops ops-peer decode-0.5b decode-7b generate-7b-64 generate-7b-256
-  train-7b peer-train-7b demo-gpu-vs-cpu peer-decode peer-generate-dynamic peer-generate-static)
+  train-7b peer-train-7b demo-gpu-vs-cpu peer-decode peer-generate-dynamic peer-generate-static tensor-parallel-2)
 declare -A SLOT=([env]=10 [gpu-tests]=80 [memcheck]=25 [racecheck]=20 [ops]=15 [ops-peer]=20 [decode-0.5b]=15
   [decode-7b]=15 [generate-7b-64]=20 [generate-7b-256]=30 [train-7b]=20 [peer-train-7b]=30 [demo-gpu-vs-cpu]=30
-  [peer-decode]=35 [peer-generate-dynamic]=50 [peer-generate-static]=55)
+  [peer-decode]=35 [peer-generate-dynamic]=50 [peer-generate-static]=55 [tensor-parallel-2]=40)
 REPORT_RESERVE=10
 for s in ${ONLY//,/ }; do
   [[ -n "${SLOT[$s]:-}" ]] || { echo "check.sh: unknown step $s (steps: ${STEPS[*]})" >&2; exit 2; }
@@ -491,6 +493,38 @@ step_demo() {
   esac
 }
 
+# A model sharded over a tensor group of 2 GPUs, its sums over NCCL (kernels/cuda/cuda_group_sum.cpp): the demo at
+# parallel.tensor 2 (mpirun -np 2, cuda) beside the demo on one GPU, the same wrong answers selected and accuracy
+# after within 1 point. Needs two GPUs and mpirun (a bare one-GPU machine has neither: skipped, at no cost).
+step_tensor_parallel() {
+  have_prog slearn_dist || return
+  local gpus rc
+  gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -c .)
+  if [[ $DRY == 1 ]]; then skip "dry-run: skipped (needs 2 GPUs and mpirun)"; return; fi
+  if ((gpus < 2)); then skip "needs 2 GPUs for a tensor group ($gpus visible)"; return; fi
+  command -v mpirun >/dev/null || { skip "needs mpirun (not installed here)"; return; }
+  local work="$WORK/tensor-parallel"
+  mkdir -p "$work"
+  (cd "$root" && prog slearn_dist run --config configs/demo.yaml --set backend=cuda --set "run_dir=$work/t1" --quiet)
+  expect_ok $? "the demo on one GPU"
+  (cd "$root" && bounded "${PREFIX[@]}" mpirun --oversubscribe -np 2 "$BIN/slearn_dist" run --config configs/demo.yaml \
+    --set backend=cuda --set parallel.tensor=2 --set "run_dir=$work/t2" --quiet)
+  expect_ok $? "the demo at tensor parallel 2"
+  [[ $STEP_STATUS == ok ]] || return
+  "$PY" - "$work/t1" "$work/t2" >>"$RES" <<'PY'
+import json, sys
+runs = [json.load(open(f"{d}/summary.json")) for d in sys.argv[1:]]
+ids = [[json.loads(l)["id"] for l in open(f"{d}/incorrect.jsonl")] for d in sys.argv[1:]]
+after = [r["accuracy_after"] for r in runs]
+print(json.dumps({"case": "tensor-parallel-2", "same_selection": ids[0] == ids[1],
+                  "accuracy_after": after, "agree": ids[0] == ids[1] and abs(after[0] - after[1]) <= 0.01}))
+PY
+  rc=$?
+  expect_ok "$rc" "the comparison"
+  grep -q '"agree": true' "$RES" || fail "T = 2 and T = 1 disagree: $(tail -1 "$RES")"
+  note "$(tail -1 "$RES")"
+}
+
 # ---- the run ----
 echo "check: $MODE, programs from $BIN${PREFIX[*]:+ through ${PREFIX[*]}}, budget ${BUDGET}s, out $OUTDIR"
 run_step env step_env
@@ -509,6 +543,7 @@ run_step demo-gpu-vs-cpu step_demo
 run_step peer-decode step_peer_decode
 run_step peer-generate-dynamic step_peer_dynamic
 run_step peer-generate-static step_peer_static
+run_step tensor-parallel-2 step_tensor_parallel
 
 # ---- the report (always) ----
 [[ -f "$WORK/env.txt" ]] || echo "mode: $MODE" >"$WORK/env.txt"
