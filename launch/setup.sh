@@ -16,6 +16,7 @@ SLEARN_PACKAGES=(
   libgtest-dev                      # tests
   libcli11-dev                      # command-line parsing
   python3                           # command-line tests (standard library only)
+  python3-matplotlib                # the plots of slearn_dist report (drawn with /usr/bin/python3)
   clang-16 libclang-rt-16-dev llvm  # fuzz tests (launch/fuzz.sh): libFuzzer, ASan/UBSan runtimes, symbolizer
 )
 

@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
   add(slearn::cli::add_train_command);
   add(slearn::cli::add_merge_command);
   add(slearn::cli::add_run_command);
+  add(slearn::cli::add_report_command);
 
   try {
     app.parse(argc, argv);

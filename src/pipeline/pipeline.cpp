@@ -58,7 +58,8 @@ std::string join_fingerprint(const std::vector<std::pair<std::string, std::strin
 bool is_run_output(const std::string& name) {
   static const std::set<std::string> names = {
       "run.json", "run_config.yaml", "train_config.yaml", "summary.json", "incorrect.jsonl", "answers.jsonl",
-      "judgements.jsonl", "metrics.jsonl", "adapter", "checkpoints", "eval-before", "eval-after", kStopMarker};
+      "judgements.jsonl", "metrics.jsonl", "adapter", "checkpoints", "eval-before", "eval-after", "report",
+      kStopMarker};
   std::string base = name;
   if (const auto tmp = name.find(".tmp."); tmp != std::string::npos && is_atomic_temporary(name)) base = name.substr(0, tmp);
   if (names.count(base)) return true;

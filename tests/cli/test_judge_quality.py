@@ -63,6 +63,11 @@ check("judge agrees w/ rule" in done.stdout and f"({want['agree']} of {want['com
       in done.stdout, "the final table shows the agreement")
 check("judge false pos/neg" in done.stdout, "the final table shows the false-positive and false-negative rates")
 
+report = os.path.join(run_dir, "report", "report.md")
+report_text = open(report, encoding="utf-8").read() if os.path.exists(report) else ""
+check(f"| judge agrees with the normalized rule | {100 * q.get('agreement', -1):.1f}% ({want['agree']} of "
+      f"{want['compared']}) |" in report_text, "the end-of-run report's Table 1 has the agreement")
+
 # The rule judge alone: nothing to compare, judge_quality null.
 rule_dir = os.path.join(work, "rule")
 done = subprocess.run(["mpirun", "--oversubscribe", "-np", "2", BINARY, "run", "--config",

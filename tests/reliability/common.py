@@ -276,9 +276,13 @@ SHARD = re.compile(r"(answers|judgements)\.rank-\d+\.jsonl$")
 
 
 def ignored(rel):
-    """Files whose bytes depend on timing or on the process: rank shards (line order), progress files, the lock."""
+    """Files whose bytes depend on timing or on the process: rank shards (line order), progress files, the lock,
+    and the end-of-run report (report/: its tables and plots show the stage times; its own test is
+    tests/cli/test_report.py)."""
     base = os.path.basename(rel)
-    return SHARD.search(base) is not None or base.startswith(".progress.") or base == "run.lock"
+    top = rel.replace(os.sep, "/").split("/")[0]
+    return (SHARD.search(base) is not None or base.startswith(".progress.") or base == "run.lock"
+            or top == "report" or top.startswith(("report.tmp.", "report.old.tmp.")))
 
 
 def is_timing_key(key):
