@@ -9,7 +9,7 @@
 #
 #   perf/cpu_vs_llama_cpp.sh LLAMA_CPP_DIR [PYTHON] [ROUNDS] [THREADS] [BIN_DIR] [BATCHES]
 #
-# BATCHES (e.g. 32,64): after the batch-1 rounds, batched generation once per engine for each B: B prompts of
+# BATCHES (e.g. 32,64): after the batch-1 rounds (ROUNDS 0: none), batched generation once per engine for each B: B prompts of
 # 100 tokens, 128 new each, all B sequences in one batch from start to end (bench_cpu_model --batch B,
 # llama-batched-bench -npp 100 -ntg 128 -npl B, perf/peer_cpu_model.py --batch B); one run each, not alternated.
 #
@@ -68,7 +68,7 @@ print(json.dumps({'engine': 'llama.cpp $type', 'prefill': pp[0], 'decode': tg[0]
   echo "round $round done" >&2
 done
 
-"$python" - "$results" <<'PY'
+[ "$rounds" -eq 0 ] || "$python" - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 engines = sorted({r["engine"] for r in rows}, key=lambda e: (not e.startswith("slearn"), e))
