@@ -20,6 +20,7 @@ struct ReportOptions {
   std::filesystem::path baseline_dir;  // empty: no side-by-side table
   std::filesystem::path out_dir;       // empty: run_dir; the report goes to out_dir / "report"
   std::string python = kReportPython;
+  bool plots = true;                   // false: report.md and series.json only (a run's report.plots: false)
 };
 
 struct ReportResult {

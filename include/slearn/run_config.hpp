@@ -34,6 +34,10 @@ struct EvalSettings {
   bool after = true;                   // evaluate with the trained adapter
 };
 
+struct ReportSettings {
+  bool plots = true;                   // draw the report's PNGs at the end of the run (matplotlib)
+};
+
 struct RunConfig {
   std::string model;                   // required
   std::string run_dir;                 // required
@@ -55,6 +59,7 @@ struct RunConfig {
   std::int64_t max_length = 512;       // training sequence length
   bool train_on_prompt = false;
   EvalSettings eval;
+  ReportSettings report;
   std::string source_text;             // effective YAML after overrides
 };
 

@@ -38,13 +38,14 @@ Command add_report_command(CLI::App& app) {
   };
 }
 
-void report_after_run(const std::string& run_dir) {
+void report_after_run(const std::string& run_dir, bool plots) {
   // The run's results are complete and saved before this: whatever goes wrong here is a warning, and the
   // run keeps its exit status.
   const std::string rerun = "slearn_dist report " + run_dir;
   try {
     ReportOptions options;
     options.run_dir = run_dir;
+    options.plots = plots;
     const ReportResult result = write_report(options);
     if (result.plot_error)
       std::cerr << "slearn_dist: warning: report plots not drawn: " << one_line(*result.plot_error) << "; "

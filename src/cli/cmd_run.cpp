@@ -42,7 +42,7 @@ Command add_run_command(CLI::App& app) {
       options.show_progress = !o->quiet;
       options.inject_nan_at_step = o->inject_nan_at_step;
       run_pipeline(config, *comm, options);
-      if (comm->rank() == 0) report_after_run(config.run_dir);
+      if (comm->rank() == 0) report_after_run(config.run_dir, config.report.plots);
     } catch (const ReportedByAnotherRank&) {
       return 0;  // bad input: another rank prints the line and gives the job its exit code (docs/failures.md)
     }

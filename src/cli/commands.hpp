@@ -28,7 +28,7 @@ Command add_report_command(CLI::App& app);
 
 // The report of a run that just finished (rank 0, after summary.json): report.md and plots in run_dir/report/.
 // A failure is one warning line naming the cause and `slearn_dist report run_dir`; it never fails the run.
-void report_after_run(const std::string& run_dir);
+void report_after_run(const std::string& run_dir, bool plots);
 
 // The options of train and run that stand for a configuration key. They apply after every --set, so that
 // they win over it. A bad T is the configuration's error, naming parallel.tensor (--backend is checked here).

@@ -13,6 +13,7 @@
 #include "slearn/error.hpp"
 #include "slearn/input_check.hpp"
 #include "slearn/stop.hpp"
+#include "util/launcher.hpp"
 
 namespace {
 
@@ -58,6 +59,8 @@ void slearn::cli::start_mpi() {
 }
 
 int main(int argc, char** argv) {
+  // A rank outliving a killed mpirun would go on writing into the run directory (util/launcher.hpp).
+  slearn::end_with_launcher();
   // First of all: a SIGTERM (Slurm's preemption) that comes while the program starts must be a stop with exit
   // 75 (requeued), not death by the default action (143, not requeued). run and train check the flag at their
   // first safe point; the other commands put the default action back once parsed.

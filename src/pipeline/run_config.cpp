@@ -129,6 +129,15 @@ Fields<EvalSettings> eval_fields() {
   return table;
 }
 
+Fields<ReportSettings> report_fields() {
+  using S = ReportSettings;
+  return {
+      field("plots", &S::plots, std::nullopt,
+            "draw the report's plots (PNG, with matplotlib) at the end of the run; false: report.md has the "
+            "tables only, and `slearn_dist report RUN_DIR` draws them later"),
+  };
+}
+
 const Fields<RunConfig>& fields() {
   using D = RunConfig;
   using yaml_schema::int_at_least;
@@ -170,6 +179,7 @@ const Fields<RunConfig>& fields() {
     t.push_back(field("train_on_prompt", &D::train_on_prompt, std::nullopt,
                       "learn from the prompt tokens too (otherwise only from the answer and its end token)"));
     yaml_schema::add_section(t, "eval", &D::eval, eval_fields());
+    yaml_schema::add_section(t, "report", &D::report, report_fields());
     return t;
   }();
   return table;

@@ -1,12 +1,29 @@
 # The plots of `slearn_dist report` (src/report/report.cpp), drawn with matplotlib from the series the report
 # wrote (series.json): the binary embeds this text at build time and runs it with the system python3, as
-#   python3 -I -c <this text> SERIES_JSON OUT_DIR
+#   python3 -I -c <this text> SERIES_JSON OUT_DIR PARENT_PID
 # It draws every plot named in series["plots"] into OUT_DIR, each written to a temporary name there and renamed
 # into place, and writes nowhere else. Exit 3: matplotlib cannot be imported (the caller names the package);
 # any other failure: a traceback and a non-zero exit.
 import json
 import os
 import sys
+
+
+def end_with_parent(parent):
+    # Drawing takes a second or two; if the process that started us is killed meanwhile (its launcher died,
+    # say), we must not go on writing into a directory that a resumed run is about to clear: Linux kills us
+    # with it (PR_SET_PDEATHSIG = 1, SIGKILL = 9). Without ctypes or prctl, the plots are drawn as before.
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, 9)
+    except (ImportError, OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the prctl took hold
+        os._exit(4)
+
+
+if len(sys.argv) > 3:
+    end_with_parent(int(sys.argv[3]))
 
 try:
     import matplotlib

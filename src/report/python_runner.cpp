@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
 #include <vector>
 
 extern char** environ;
@@ -42,7 +43,9 @@ std::optional<std::string> run_plot_script(const std::string& python, const std:
   posix_spawn_file_actions_addclose(&actions, pipe_fds[1]);
   // -I: isolated from PYTHONPATH, PYTHONHOME and the user's site-packages, which could hide or shadow the
   // system's matplotlib.
-  std::vector<std::string> args = {python, "-I", "-c", script, series.string(), out_dir.string()};
+  // The last argument: this process, with which the script ends if it is killed (plots.py, end_with_parent).
+  std::vector<std::string> args = {python, "-I", "-c", script, series.string(), out_dir.string(),
+                                   std::to_string(::getpid())};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

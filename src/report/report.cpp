@@ -261,8 +261,12 @@ void side_by_side(std::ostringstream& md, const RunData& run, const RunData& bas
 }
 
 void plot_sections(std::ostringstream& md, const RunData& run, const RunData* baseline, const std::vector<Plot>& plots,
-                   const std::optional<std::string>& plot_error, const std::string& rerun) {
+                   const std::optional<std::string>& plot_error, const std::string& rerun, bool drawn) {
   md << "## Plots\n\n";
+  if (!drawn && !plots.empty()) {
+    md << "Not drawn: the run's configuration says `report.plots: false`. `" << rerun << "` draws them.\n\n";
+    return;
+  }
   if (plot_error) {
     md << "**The plots were not drawn**: " << *plot_error << ". The tables above are complete; once that is "
        << "fixed, `" << rerun << "` draws them.\n\n";
@@ -340,7 +344,7 @@ std::string markdown(const RunData& run, const RunData* baseline, const std::vec
   table1(md, run);
   table2(md, run);
   if (baseline) side_by_side(md, run, *baseline, options.run_dir.string(), options.baseline_dir.string());
-  plot_sections(md, run, baseline, plots, plot_error, rerun);
+  plot_sections(md, run, baseline, plots, plot_error, rerun, options.plots);
   return md.str();
 }
 
@@ -388,9 +392,9 @@ ReportResult write_report(const ReportOptions& options) {
     write_manifest(tmp, files);  // first: a report killed from here on leaves a temporary known to be ours
     write_file_atomically(tmp / "series.json",
                           series_for(run, base, plots, options.run_dir.string()).dump(1) + "\n");
-    if (!plots.empty()) result.plot_error = report::run_plot_script(options.python, kPlotScript, tmp / "series.json", tmp);
+    if (!plots.empty() && options.plots) result.plot_error = report::run_plot_script(options.python, kPlotScript, tmp / "series.json", tmp);
     for (const auto& p : plots)
-      if (!result.plot_error && !is_png(tmp / p.file))
+      if (options.plots && !result.plot_error && !is_png(tmp / p.file))
         result.plot_error = "the plot script did not write a valid " + p.file;
     files = {"report.md", "series.json"};
     if (result.plot_error) {
@@ -402,7 +406,7 @@ ReportResult write_report(const ReportOptions& options) {
       for (const auto& path : partial) fs::remove_all(path);
     }
     for (const auto& p : plots) {
-      if (result.plot_error) continue;
+      if (result.plot_error || !options.plots) continue;
       files.push_back(p.file);
       result.plots.push_back(result.dir / p.file);
     }

@@ -30,7 +30,8 @@ work = tempfile.mkdtemp(prefix="slearn-report-")
 
 
 def pipeline(run_dir, *sets, np=2):
-    args = [BINARY, "run", "--config", CONFIG, "--set", f"run_dir={run_dir}", "--quiet"]
+    # the fixture config draws no plots (report.plots: false); these runs do, unless a test says otherwise
+    args = [BINARY, "run", "--config", CONFIG, "--set", f"run_dir={run_dir}", "--set", "report.plots=true", "--quiet"]
     for s in sets:
         args += ["--set", s]
     done = subprocess.run(["mpirun", "--oversubscribe", "-np", str(np)] + args, cwd=ROOT, capture_output=True,
@@ -228,6 +229,19 @@ try:
     check(rows.get("2", [None, None])[1] == str(wrong2), f"the rounds table has round 2's incorrect ({rows.get('2')})")
     for name in PLOTS:
         check(png_size(os.path.join(rounds2, "report", name)) is not None, f"2 rounds: {name} drawn")
+
+    # ---- report.plots: false: the tables at the end of the run, the plots later by slearn_dist report ----
+    tables_only = os.path.join(work, "tables-only")
+    code, out, err = pipeline(tables_only, "report.plots=false", np=1)
+    check(code == 0 and "warning" not in err, f"a run with report.plots false finishes, no warning ({err[-300:]})")
+    left = sorted(os.listdir(os.path.join(tables_only, "report")))
+    text = open(os.path.join(tables_only, "report", "report.md")).read()
+    check(left == ["report.json", "report.md", "series.json"], f"report.plots false: no PNG ({left})")
+    check("Not drawn: the run's configuration says `report.plots: false`" in text and "Table 1" in text and
+          f"slearn_dist report {tables_only}" in text, "...report.md has the tables and says how to draw the plots")
+    done = subprocess.run([BINARY, "report", tables_only], capture_output=True, text=True, timeout=120)
+    check(done.returncode == 0 and all(png_size(os.path.join(tables_only, "report", n)) for n in PLOTS),
+          f"slearn_dist report draws them afterwards ({done.stderr[-300:]})")
 finally:
     shutil.rmtree(work, ignore_errors=True)
 finish()

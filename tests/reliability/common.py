@@ -184,11 +184,31 @@ class Job:
         return result.code not in (0, None) and (LAUNCH_FAILED in result.out + result.err or result.code == 126)
 
 
+def session(sid):
+    """The live processes (zombies left out) of session sid. A job started with start_new_session keeps every
+    process it starts in its session: Open MPI gives each rank a process group of its own (so killpg on mpirun's
+    group misses them), and a rank's own children (the report's plot script) stay there too."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # state, ppid, pgrp, session, ...
+        except OSError:
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[3]) == sid:
+            found.append(int(entry))
+    return found
+
+
 def kill_group(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """SIGKILL to the whole session of a job started with start_new_session (mpirun, its ranks, their children)."""
+    for pid in [proc.pid] + session(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def children(pid):
@@ -226,15 +246,19 @@ def alive(pid):
         return False
 
 
-def wait_gone(pids, timeout=60):
-    """Waits until none of pids runs (zombies count as gone); kills the rest past the timeout. True if all
-    ended by themselves."""
+def wait_gone(pids, timeout=60, sid=None):
+    """Waits until none of pids runs (zombies count as gone), nor, with sid, any process of that session (what a
+    killed job left running: a rank missed by ranks(), a rank's child); kills the rest past the timeout. True
+    if all ended by themselves. Without this, an orphan of one kill could still be writing when the next
+    attempt clears the run directory, and the test would blame the run for it."""
     deadline = time.time() + timeout
+    def running():
+        return [p for p in pids if alive(p)] + (session(sid) if sid is not None else [])
     while time.time() < deadline:
-        if not any(alive(p) for p in pids):
+        if not running():
             return True
         time.sleep(0.02)
-    for p in pids:
+    for p in running():
         try:
             os.kill(p, signal.SIGKILL)
         except OSError:

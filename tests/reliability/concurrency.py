@@ -109,7 +109,7 @@ def stale_lock(cmd, run_dir, ref_dir, ref_tree, what, ready, merged, mpi):
     except ProcessLookupError:
         pass
     job.wait(60)
-    wait_gone(list(pids), 60)
+    wait_gone(list(pids), 60, sid=job.pid)
     job.result()
     check(killed, f"{what}: the run was killed in the middle (it had ended before)")
     lock = os.path.join(run_dir, "run.lock")

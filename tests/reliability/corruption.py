@@ -243,7 +243,7 @@ try:
             os.killpg(job.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        wait_gone(victims)
+        wait_gone(victims, sid=job.pid)
         job.wait(60)
         job.result()
         time.sleep(0.5)  # the ranks' own session: killed with the group, give the kernel a moment

@@ -119,7 +119,7 @@ try:
         killed_at = time.time()
         code = job.wait(60)
         ended = time.time() - killed_at
-        gone = wait_gone(list(pids.values()), 60)
+        gone = wait_gone(list(pids.values()), 60, sid=job.pid)
         res = job.result()
         if not sent and job.launch_failed(res):
             print(f"[test: {BINARY} could not be started (being rebuilt?); waiting, then kill {i + 1} again]",
@@ -130,6 +130,11 @@ try:
                                          f"(mpirun exit {code}, ranks gone: {gone})")
         if not sent:
             check(code == 0, f"kill {i + 1}: the run that ended before the kill exits 0 (exit {code}: {res.tail()})")
+        if sent and victim == "mpirun" and where in ("eval-before", "answer", "judge", "train"):
+            # A rank outliving its launcher would go on to finish the run (summary.json) as an orphan, and
+            # could still be writing when the next attempt starts (src/util/launcher.hpp).
+            check(not os.path.exists(os.path.join(run_dir, "summary.json")),
+                  f"kill {i + 1} (mpirun in {where}): the ranks ended with mpirun, not going on to finish the run")
         landed[where] += 1
         by_victim[victim] += 1
         # Whole files are complete or absent; metrics.jsonl a prefix of the reference's (a torn last line aside).

@@ -325,7 +325,7 @@ TEST(RunConfig, UnknownKeysNameTheKeyLineAndKnownKeys) {
   EXPECT_EQ(parse_error("model: m\nepochs: 3\n"),
             "run.yaml: unknown key \"epochs\" (line 2); known top-level keys: model, run_dir, backend, cpu_weights, threads, "
             "log_every_seconds, parallel, data, answer, judge, train_on, rounds, lora, optimizer, train, checkpoint, "
-            "max_length, train_on_prompt, eval");
+            "max_length, train_on_prompt, eval, report");
   EXPECT_EQ(parse_error(kMinimal + "judge:\n  kind: self\n  temperature: 0\n"),
             "run.yaml: unknown key \"judge.temperature\" (line 7); known keys in judge: kind, rule, "
             "numeric_tolerance, language, template_en, template_zh, model, max_new_tokens");
