@@ -19,7 +19,7 @@ CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
 # answers are sampled (each record has its own random stream, whichever rank answers it).
 SLICE = ["data.max_records=96", "eval.data.max_records=48", "train.epochs=3", "train.global_batch_size=12",
          "train.micro_batch_size=2", "checkpoint.every_steps=5", "lora.dropout=0.1",
-         "answer.temperature=0.7"]
+         "report.plots=false", "answer.temperature=0.7"]
 
 
 work = tempfile.mkdtemp(prefix="slearn-demo-ranks-")

@@ -22,7 +22,7 @@ CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
 # whole row of logits, so the sample is drawn from the candidates the ranks gather (vocab_parallel_sample).
 SLICE = ["data.max_records=96", "eval.data.max_records=48", "train.epochs=3", "train.global_batch_size=12",
          "train.micro_batch_size=2", "checkpoint.every_steps=5", "lora.dropout=0.1",
-         "answer.temperature=0.7", "answer.top_k=40"]
+         "report.plots=false", "answer.temperature=0.7", "answer.top_k=40"]
 
 
 def run(run_dir, tensor, extra=()):

@@ -26,14 +26,17 @@ TINY = os.path.join(ROOT, "tests", "fixtures", "pipeline-tiny.yaml")
 MEDQUAD = os.path.join(ROOT, "tests", "fixtures", "data", "medquad-tiny.jsonl")
 TRAIN_TINY = os.path.join(ROOT, "configs", "train-tiny.yaml")
 
-# The small, fast demo run (48 records, 24 for evaluation, 4 training steps, a checkpoint every 2). Model and
-# data paths are absolute so that the command may run from any directory (run_dir may then be relative).
+# The small, fast demo run (48 records, 24 for evaluation, 4 training steps, a checkpoint every 2), graded by the
+# rule judge and with the report's tables only (no matplotlib): these tests are about the run directory's
+# files, and run this command some hundred times. Model and data paths are absolute so that the command may
+# run from any directory (run_dir may then be relative).
 DEMO_SETTINGS = ["--set", f"model={os.path.join(ROOT, 'demo', 'model')}",
                  "--set", f"data.path={os.path.join(ROOT, 'demo', 'data', 'train.jsonl')}",
                  "--set", f"eval.data.path={os.path.join(ROOT, 'demo', 'data', 'eval.jsonl')}",
                  "--set", "data.max_records=48", "--set", "eval.data.max_records=24", "--set", "train.epochs=2",
                  "--set", "checkpoint.every_steps=2", "--set", "checkpoint.keep_last=2",
-                 "--set", "answer.batch_size=8", "--quiet"]
+                 "--set", "answer.batch_size=8", "--set", "judge.kind=rule", "--set", "report.plots=false",
+                 "--quiet"]
 
 T0 = time.time()
 sys.path.insert(0, os.path.join(ROOT, "tests", "cli"))
